@@ -1,0 +1,38 @@
+#ifndef VOUCH_SPAWN_H
+#define VOUCH_SPAWN_H
+
+#include <sys/types.h>
+
+/// What to start. File descriptors equal to -1 are connected to /dev/null.
+typedef struct {
+    const char *path;
+    char *const *argv;
+    char *const *envp;
+    const char *cwd;      /* NULL: inherit */
+    int stdin_fd;
+    int stdout_fd;
+    int stderr_fd;
+} vouch_spawn_request;
+
+/// Starts a child in its own session whose parent-death signal is SIGKILL.
+///
+/// The fork happens on one dedicated thread that lives as long as the
+/// process: PR_SET_PDEATHSIG fires when the *thread* that forked exits, and
+/// Swift's worker threads may exit while the child still runs.
+/// Returns 0 and stores the pid, or an errno value (also for a failed exec).
+int vouch_spawn(const vouch_spawn_request *request, pid_t *pid_out);
+
+/// waitpid() that retries on EINTR. Returns the raw status or -errno.
+int vouch_wait(pid_t pid);
+
+/// Decoders for the raw status, since the W* macros are not imported.
+int vouch_exited(int status);
+int vouch_exit_status(int status);
+int vouch_signaled(int status);
+int vouch_term_signal(int status);
+
+
+
+/// The path of the shared object this code is linked into (libVouch.so).
+const char *vouch_library_path(void);
+#endif

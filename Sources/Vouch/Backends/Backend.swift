@@ -1,0 +1,48 @@
+/// What a backend must do for a `Machine`: bring a guest up, hand over the
+/// channel to its backdoor shell, and take it down again.
+///
+/// A backend owns every process, socket and temporary file it creates and
+/// releases them in `stop()`, whatever state the guest is in.
+protocol Backend: AnyObject, Sendable {
+    /// "qemu", "nspawn", ... for messages.
+    var kind: String { get }
+
+    /// Starts the guest and returns the channel its backdoor shell will use
+    /// (the banner has not necessarily been printed yet).
+    /// - Throws: `VouchError.bootFailed` / `.spawnFailed` / `.missingImage`.
+    func start() async throws -> GuestChannel
+
+    /// Waits until the guest's process has exited.
+    /// - Throws: `CancellationError`; `VouchError.bootFailed` if never started.
+    func waitForExit() async throws -> ExitStatus
+
+    /// The exit status, or nil while running (or before start).
+    var exitStatus: ExitStatus? { get }
+
+    /// Lets the next guest reboot reset the machine instead of ending it.
+    /// - Throws: `VouchError.unsupported` or a control-channel error.
+    func allowReboot(_ allowed: Bool) async throws
+
+    /// Stops the guest abruptly, like pulling the power cord.
+    /// - Throws: a control-channel error; the process is gone either way.
+    func crash() async throws
+
+    /// Sends a key combination, e.g. `["ctrl", "alt", "delete"]`.
+    /// - Throws: `VouchError.unsupported` where there is no keyboard.
+    func sendKeys(_ keys: [String]) async throws
+
+    /// Releases everything: the guest process, sockets and, unless `keepState`,
+    /// the state directory. Idempotent and never throws; bounded in time.
+    func stop(keepState: Bool) async
+}
+
+/// What every backend is given about the machine it runs.
+struct MachineContext: Sendable {
+    let name: String
+    /// Private directory for this machine's sockets, overlays and state.
+    let stateDirectory: String
+    /// Directory shared with the guest at /tmp/shared (one per test run).
+    let sharedDirectory: String
+    let log: TestLog
+    let console: Console
+}

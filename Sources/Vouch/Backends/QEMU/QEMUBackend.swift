@@ -1,0 +1,191 @@
+import Foundation
+import Glibc
+import Synchronization
+
+/// Runs a machine as a QEMU process: direct kernel boot of a Vouch image, or
+/// a nixpkgs start script with the test devices added.
+///
+/// Vouch listens on the shell socket *before* QEMU starts (QEMU connects as
+/// a client), so nothing the guest prints on the virtconsole is lost.
+final class QEMUBackend: Backend {
+    let kind = "qemu"
+    let context: MachineContext
+    let config: QEMUConfig
+    let hostnameParameter: String
+    /// Called once the accelerator is chosen, so the log can say which and why.
+    let probeKernel: String?
+
+    private struct State {
+        var process: ChildProcess?
+        var qmp: QMPClient?
+        var shellReader: FDReader?
+        var shellWriteFD: Int32 = -1
+        var pumps: [Task<Void, Never>] = []
+        var stopped = false
+    }
+
+    private let state = Mutex(State())
+    private let stderrText = OutputCollector()
+
+    init(context: MachineContext, config: QEMUConfig, hostnameParameter: String, probeKernel: String?) {
+        self.context = context
+        self.config = config
+        self.hostnameParameter = hostnameParameter
+        self.probeKernel = probeKernel
+    }
+
+    var exitStatus: ExitStatus? { state.withLock { $0.process?.exitStatus } }
+
+    func start() async throws -> GuestChannel {
+        let name = context.name
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: context.stateDirectory, withIntermediateDirectories: true,
+                               attributes: [.posixPermissions: 0o700])
+        let (accel, reason) = await Accelerator.resolve(config.accelerator, probeKernel: probeKernel, qemu: config.qemuBinary)
+        if accel == .tcg { context.log.warning(reason, machine: name) } else { context.log.log(reason, machine: name) }
+
+        var overlay: String?
+        if case .direct(_, _, let rootDisk?, _) = config.boot {
+            overlay = try await makeOverlay(over: rootDisk)
+        }
+        let commandLine = QEMUCommandLine(
+            config: config, stateDirectory: context.stateDirectory, sharedDirectory: context.sharedDirectory,
+            accelerator: accel, overlay: overlay)
+        let listener = try UnixSocket.listen(path: commandLine.shellSocket)
+        defer { close(listener) }
+
+        let args = commandLine.arguments(hostnameParameter: hostnameParameter, hostname: name)
+        let process: ChildProcess
+        switch config.boot {
+        case .direct:
+            process = try ChildProcess(config.qemuBinary, args, workingDirectory: context.stateDirectory)
+        case .startScript(let script):
+            let env = commandLine.startScriptEnvironment(base: ProcessInfo.processInfo.environment)
+            process = try ChildProcess(script, args, environment: env, workingDirectory: context.stateDirectory)
+        }
+        let console = context.console
+        let collector = stderrText
+        let pumps = [
+            Task { while let chunk = try? await process.stdout!.queue.next() { console.feed(chunk) }; console.flush() },
+            Task {
+                while let chunk = try? await process.stderr!.queue.next() {
+                    collector.append(chunk)
+                    console.feed(chunk)
+                }
+            },
+        ]
+        state.withLock { s in
+            s.process = process
+            s.pumps = pumps
+        }
+        context.log.log("started \(process.executable) (pid \(process.pid))", machine: name)
+
+        enum Event: Sendable { case connected(Int32), exited(ExitStatus) }
+        let event: Event
+        do {
+            event = try await withDeadline(seconds: 30) {
+                try await withThrowingTaskGroup(of: Event.self) { group in
+                    group.addTask { .connected(try await UnixSocket.accept(listener)) }
+                    group.addTask { .exited(try await process.waitForExit()) }
+                    defer { group.cancelAll() }
+                    return try await group.next()!
+                }
+            }
+        } catch is DeadlineExceeded {
+            throw VouchError(.bootFailed, "QEMU did not connect to the shell socket within 30 s", machine: name,
+                             outputTail: tail(collector.text))
+        }
+        let shellFD: Int32
+        switch event {
+        case .exited(let status):
+            try? await Task.sleep(for: .milliseconds(50))
+            throw VouchError(.bootFailed, "QEMU exited (\(status)) before the guest started", machine: name,
+                             outputTail: tail(collector.text))
+        case .connected(let fd):
+            shellFD = fd
+        }
+        let writeFD = dup(shellFD)
+        let reader = FDReader(fd: shellFD, name: "shell-\(name)")
+        state.withLock { s in
+            s.shellReader = reader
+            s.shellWriteFD = writeFD
+        }
+        let qmp = try await QMPClient.connect(path: commandLine.qmpSocket, machine: name)
+        state.withLock { $0.qmp = qmp }
+        return GuestChannel(input: reader.queue, send: { try writeAll(fd: writeFD, $0) }, close: { reader.shutdownSocket() })
+    }
+
+    /// The qcow2 overlay that takes every write, so the image stays pristine.
+    private func makeOverlay(over disk: String) async throws -> String {
+        let overlay = context.stateDirectory + "/root.qcow2"
+        let process = try ChildProcess("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", disk, overlay])
+        let output = OutputCollector()
+        async let err: Void = output.drain(process.stderr!.queue)
+        async let out: Void = output.drain(process.stdout!.queue)
+        let status = try await process.waitForExit()
+        _ = await (err, out)
+        guard status == .exited(0) else {
+            throw VouchError(.bootFailed, "qemu-img could not create the disk overlay (\(status))",
+                             machine: context.name, outputTail: tail(output.text))
+        }
+        return overlay
+    }
+
+    func waitForExit() async throws -> ExitStatus {
+        guard let process = state.withLock({ $0.process }) else {
+            throw VouchError(.bootFailed, "QEMU was never started", machine: context.name)
+        }
+        return try await process.waitForExit()
+    }
+
+    /// QEMU's own error output (not the guest's), for error messages.
+    var qemuErrors: String { stderrText.text }
+
+    func allowReboot(_ allowed: Bool) async throws {
+        try await qmp().execute("set-action", ["reboot": .string(allowed ? "reset" : "shutdown")])
+    }
+
+    func crash() async throws {
+        let qmp = try qmp()
+        _ = try? await withDeadline(seconds: 2) { try await qmp.execute("quit") }
+        _ = try? await withDeadline(seconds: 5) { try await self.waitForExit() }
+    }
+
+    func sendKeys(_ keys: [String]) async throws {
+        let list = keys.map { JSONValue.object(["type": "qcode", "data": .string($0)]) }
+        try await qmp().execute("send-key", ["keys": .array(list)])
+    }
+
+    func qmp() throws -> QMPClient {
+        guard let qmp = state.withLock({ $0.qmp }) else {
+            throw VouchError(.machineDown, "QEMU is not running", machine: context.name)
+        }
+        return qmp
+    }
+
+    func stop(keepState: Bool) async {
+        let (process, qmp, reader, writeFD, pumps) = state.withLock { s in
+            defer {
+                s.stopped = true
+                s.shellWriteFD = -1
+            }
+            return (s.process, s.qmp, s.shellReader, s.shellWriteFD, s.pumps)
+        }
+        if let process, process.exitStatus == nil {
+            if let qmp {
+                _ = try? await withDeadline(seconds: 1) { try await qmp.execute("quit") }
+                _ = try? await withDeadline(seconds: 1) { try await process.waitForExit() }
+            }
+            await process.terminate(grace: 1)
+        }
+        await qmp?.close()
+        reader?.shutdownSocket()
+        if writeFD >= 0 { close(writeFD) }
+        for pump in pumps { _ = try? await withDeadline(seconds: 1) { await pump.value } }
+        if !keepState { try? FileManager.default.removeItem(atPath: context.stateDirectory) }
+    }
+}
+
+extension OutputCollector {
+    func append(_ chunk: [UInt8]) { appendBytes(chunk) }
+}

@@ -1,0 +1,111 @@
+/// How to boot one QEMU machine.
+public struct QEMUConfig: Sendable {
+    /// Where the kernel comes from.
+    public enum Boot: Sendable {
+        /// Direct kernel boot: Vouch builds the whole command line.
+        case direct(kernel: String, initrd: String?, rootDisk: String?, cmdline: String)
+        /// A nixpkgs `run-NAME-vm` script; Vouch adds only the test devices.
+        case startScript(String)
+    }
+
+    /// The emulated board.
+    public enum Board: String, Sendable {
+        /// `-M microvm`: virtio-mmio devices, PVH kernel boot, no PCI. Fastest.
+        case microvm
+        /// `-M pc`: the PC most guests (and NixOS start scripts) expect.
+        case pc
+    }
+
+    public var boot: Boot
+    public var board: Board = .microvm
+    public var memoryMiB = 512
+    public var cpus = 1
+    /// Extra arguments appended to QEMU's command line.
+    public var extraArgs: [String] = []
+    /// Extra kernel parameters (direct boot only).
+    public var extraCmdline: String = ""
+    public var accelerator: Accelerator.Choice = .auto
+    public var qemuBinary = "qemu-system-x86_64"
+
+    public init(boot: Boot) {
+        self.boot = boot
+    }
+}
+
+/// Builds QEMU's argument list. Pure, so it is unit-tested directly.
+struct QEMUCommandLine {
+    let config: QEMUConfig
+    let stateDirectory: String
+    let sharedDirectory: String
+    let accelerator: Accelerator.Kind
+    /// The copy-on-write overlay over the root disk, if there is one.
+    let overlay: String?
+
+    var qmpSocket: String { stateDirectory + "/qmp" }
+    var shellSocket: String { stateDirectory + "/shell" }
+
+    /// The devices Vouch needs in any guest: the backdoor console, QMP,
+    /// serial to stdout, an RNG, and the shared directory.
+    var testDevices: [String] {
+        let mmio = config.board == .microvm
+        var args = [
+            "-qmp", "unix:\(qmpSocket),server=on,wait=off",
+            "-chardev", "socket,id=shell,path=\(shellSocket)",
+            "-device", mmio ? "virtio-serial-device" : "virtio-serial",
+            "-device", "virtconsole,chardev=shell",
+            "-device", mmio ? "virtio-rng-device" : "virtio-rng-pci",
+            "-serial", "stdio",
+            "-no-reboot",
+            "-display", "none",
+        ]
+        if case .direct = config.boot {
+            args += [
+                "-fsdev", "local,id=shared,path=\(sharedDirectory),security_model=none",
+                "-device", (mmio ? "virtio-9p-device" : "virtio-9p-pci") + ",fsdev=shared,mount_tag=shared",
+            ]
+        }
+        return args
+    }
+
+    /// The full argument list (without the program) for direct boot, or the
+    /// arguments to append to a start script.
+    func arguments(hostnameParameter: String, hostname: String) -> [String] {
+        switch config.boot {
+        case .startScript:
+            return testDevices + config.extraArgs
+        case .direct(let kernel, let initrd, _, let cmdline):
+            let mmio = config.board == .microvm
+            var args = [
+                "-name", hostname,
+                "-M", mmio ? "microvm,x-option-roms=off,rtc=on" : "pc",
+                "-accel", accelerator.rawValue,
+                "-cpu", accelerator == .kvm ? "host" : "max",
+                "-m", "\(config.memoryMiB)",
+                "-smp", "\(config.cpus)",
+                "-nodefaults", "-no-user-config",
+                "-kernel", kernel,
+            ]
+            if let initrd { args += ["-initrd", initrd] }
+            var append = cmdline
+            append += " \(hostnameParameter)=\(hostname) panic=-1"
+            if !config.extraCmdline.isEmpty { append += " " + config.extraCmdline }
+            args += ["-append", append]
+            if let overlay {
+                args += [
+                    "-drive", "if=none,id=root,file=\(overlay),format=qcow2",
+                    "-device", (mmio ? "virtio-blk-device" : "virtio-blk-pci") + ",drive=root",
+                ]
+            }
+            return args + testDevices + config.extraArgs
+        }
+    }
+
+    /// The environment a nixpkgs start script expects (PROTOCOLS.md §3).
+    func startScriptEnvironment(base: [String: String]) -> [String: String] {
+        var env = base
+        env["TMPDIR"] = stateDirectory
+        env["USE_TMPDIR"] = "1"
+        env["SHARED_DIR"] = sharedDirectory
+        return env
+    }
+}

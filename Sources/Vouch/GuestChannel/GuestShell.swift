@@ -1,0 +1,193 @@
+import Foundation
+
+/// The result of one command in the guest.
+public struct CommandResult: Sendable {
+    /// The command's exit status.
+    public var status: Int32
+    /// Its standard output, byte for byte.
+    public var output: [UInt8]
+
+    /// The output as text (invalid UTF-8 is replaced, not dropped).
+    public var text: String { String(decoding: output, as: UTF8.self) }
+}
+
+/// Drives a NixOS-style backdoor root shell over a `GuestChannel`.
+///
+/// Commands are serialised: concurrent callers queue up. Each command has a
+/// host-side deadline; when it passes, the command is interrupted and the
+/// shell is brought back in sync before the timeout error is thrown, so the
+/// next command works. If the shell cannot be recovered it is marked lost and
+/// every later command fails with that reason instead of reading stale bytes.
+actor GuestShell {
+    let machine: String
+    private let channel: GuestChannel
+    private var buffer: [UInt8] = []
+    private let session = String(UInt32.random(in: 0...UInt32.max), radix: 16)
+    private var counter = 0
+    private var lost: String?
+    private var busy = false
+    private var queue: [CheckedContinuation<Void, Never>] = []
+
+    init(machine: String, channel: GuestChannel) {
+        self.machine = machine
+        self.channel = channel
+    }
+
+    /// Waits for the backdoor banner, then installs the framing.
+    /// - Throws: `VouchError` (`machineDown` if the stream ends first), or
+    ///   `CancellationError` when the caller's deadline cancels the wait.
+    func connect() async throws {
+        try await lock()
+        defer { unlock() }
+        try await readUntilBanner()
+        let nonce = nextNonce()
+        try send(ShellFraming.setupScript(nonce: nonce))
+        _ = try await readAnswer(nonce: nonce)
+        lost = nil
+    }
+
+    /// Runs `command`, returning its status and raw stdout.
+    /// - Throws: `VouchError.timeout` after `timeout` seconds (the command was
+    ///   interrupted; the shell is usable again), `machineDown` when the guest
+    ///   goes away, `protocolError` when the shell was lost earlier.
+    func run(_ command: String, timeout: Double) async throws -> CommandResult {
+        try await lock()
+        defer { unlock() }
+        if let lost {
+            throw VouchError(.protocolError, "the guest shell is unusable: \(lost)", machine: machine, command: command)
+        }
+        let nonce = nextNonce()
+        try send(ShellFraming.commandLine(command, nonce: nonce))
+        do {
+            return try await withDeadline(seconds: timeout) { try await self.readAnswer(nonce: nonce) }
+        } catch is DeadlineExceeded {
+            let seen = String(decoding: buffer.suffix(4000), as: UTF8.self)
+            let recovered = await recover(nonce: nonce)
+            var message = "command timed out after \(formatSeconds(timeout))"
+            message += recovered ? " (interrupted; the shell is ready again)" : " and the shell could not be recovered"
+            throw VouchError(.timeout, message, machine: machine, command: command, outputTail: tail(seen))
+        }
+    }
+
+    /// Sends a line the shell runs without framing (e.g. `poweroff`), for
+    /// commands after which no answer can come.
+    func sendUnframed(_ line: String) async throws {
+        try await lock()
+        defer { unlock() }
+        try send(Array((line + "\n").utf8))
+    }
+
+    /// Forgets the current session and waits for a new banner (after a reboot).
+    func reconnect() async throws {
+        buffer.removeAll()
+        lost = nil
+        try await connect()
+    }
+
+    /// Marks the shell unusable with `reason`.
+    func markLost(_ reason: String) {
+        lost = reason
+    }
+
+    // MARK: - Internals
+
+    private func nextNonce() -> String {
+        counter += 1
+        return "\(session)-\(counter)"
+    }
+
+    private func send(_ bytes: [UInt8]) throws {
+        do {
+            try channel.send(bytes)
+        } catch {
+            throw VouchError(.machineDown, "cannot write to the guest shell: \(error)", machine: machine)
+        }
+    }
+
+    /// Appends the next chunk from the guest to `buffer`.
+    private func receive() async throws {
+        guard let chunk = try await channel.input.next() else {
+            throw VouchError(.machineDown, "the guest shell connection closed", machine: machine,
+                             outputTail: tail(String(decoding: buffer.suffix(4000), as: UTF8.self)))
+        }
+        buffer.append(contentsOf: chunk)
+    }
+
+    private func readAnswer(nonce: String) async throws -> CommandResult {
+        var scan = 0
+        while true {
+            let (match, next) = ShellFraming.findMarker(nonce: nonce, in: buffer, from: scan)
+            if let match {
+                let output = Array(buffer[..<match.outputEnd])
+                buffer.removeFirst(match.end)
+                return CommandResult(status: match.status, output: output)
+            }
+            scan = next
+            try await receive()
+        }
+    }
+
+    private func readUntilBanner() async throws {
+        while true {
+            if let range = firstRange(of: ShellFraming.banner, in: buffer) {
+                var end = range.upperBound
+                while end < buffer.count, buffer[end] == UInt8(ascii: "\r") || buffer[end] == UInt8(ascii: "\n") {
+                    end += 1
+                }
+                buffer.removeFirst(end)
+                return
+            }
+            // Keep only what could be the start of a banner split across reads.
+            if buffer.count > ShellFraming.banner.count { buffer.removeFirst(buffer.count - ShellFraming.banner.count) }
+            try await receive()
+        }
+    }
+
+    /// Interrupts the running command and reads up to its marker.
+    private func recover(nonce: String) async -> Bool {
+        for signal in [ShellFraming.interrupt, ShellFraming.interrupt, ShellFraming.quit] {
+            guard (try? send(signal)) != nil else { break }
+            if (try? await withDeadline(seconds: 3, { try await self.readAnswer(nonce: nonce) })) != nil {
+                return true
+            }
+        }
+        lost = "a command timed out and could not be interrupted"
+        return false
+    }
+
+    private func lock() async throws {
+        if !busy {
+            busy = true
+            return
+        }
+        await withCheckedContinuation { queue.append($0) }
+        // Ownership was handed over by unlock(); honour cancellation after taking it.
+        if Task.isCancelled {
+            unlock()
+            throw CancellationError()
+        }
+    }
+
+    private func unlock() {
+        if queue.isEmpty {
+            busy = false
+        } else {
+            queue.removeFirst().resume()
+        }
+    }
+}
+
+func firstRange(of needle: [UInt8], in haystack: [UInt8]) -> Range<Int>? {
+    guard !needle.isEmpty, haystack.count >= needle.count else { return nil }
+    var i = 0
+    while let start = haystack[i...].firstIndex(of: needle[0]) {
+        if haystack.count - start < needle.count { return nil }
+        if haystack[start..<start + needle.count].elementsEqual(needle) { return start..<start + needle.count }
+        i = start + 1
+    }
+    return nil
+}
+
+func formatSeconds(_ s: Double) -> String {
+    s == s.rounded() ? "\(Int(s)) s" : String(format: "%.1f s", s)
+}

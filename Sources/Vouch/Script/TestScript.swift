@@ -1,0 +1,153 @@
+internal import CVouch
+import Foundation
+import Glibc
+
+/// A compiled test script: the body that runs with the test's driver.
+///
+/// Scripts are compiled into a shared library whose entry point returns one
+/// of these; loading it in-process means the script, the driver and every
+/// machine share one process, one log and one teardown.
+public final class TestScript: Sendable {
+    public let body: @Sendable (Driver) async throws -> Void
+
+    public init(_ body: @escaping @Sendable (Driver) async throws -> Void) {
+        self.body = body
+    }
+
+    /// Loads a script library built by `ScriptCompiler`.
+    /// - Throws: `VouchError.other` if it cannot be loaded or has no entry point.
+    public static func load(library: URL) throws -> TestScript {
+        guard let handle = dlopen(library.path, RTLD_NOW | RTLD_LOCAL) else {
+            throw VouchError(.other, "cannot load compiled script \(library.path): \(String(cString: dlerror()))")
+        }
+        guard let symbol = dlsym(handle, "vouch_script_entry") else {
+            throw VouchError(.other, "compiled script \(library.path) has no entry point")
+        }
+        typealias Entry = @convention(c) () -> UnsafeMutableRawPointer
+        let entry = unsafeBitCast(symbol, to: Entry.self)
+        return Unmanaged<TestScript>.fromOpaque(entry()).takeRetainedValue()
+    }
+}
+
+/// Compiles Swift test scripts against the Vouch library, caching by content.
+///
+/// The script's top-level code becomes the body of a closure in which every
+/// machine is a `let` named after its node (`machine` too when there is only
+/// one), plus `driver`. `#sourceLocation` keeps compiler errors and runtime
+/// failures pointing at the script's own file and lines.
+public struct ScriptCompiler: Sendable {
+    /// Where compiled scripts are cached.
+    public var cacheDirectory: URL
+    public var swiftc: String
+
+    public init(cacheDirectory: URL? = nil) {
+        let env = ProcessInfo.processInfo.environment
+        let base = env["XDG_CACHE_HOME"].map { URL(fileURLWithPath: $0) }
+            ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache")
+        self.cacheDirectory = cacheDirectory ?? base.appendingPathComponent("vouch/scripts")
+        self.swiftc = env["VOUCH_SWIFTC"] ?? "swiftc"
+    }
+
+    /// The generated source for `script` with `machines` bound.
+    public static func wrap(script: String, path: String, machines: [String]) -> String {
+        var out = "import Vouch\nimport Foundation\n\n"
+        out += "@_cdecl(\"vouch_script_entry\")\npublic func __vouchScriptEntry() -> UnsafeMutableRawPointer {\n"
+        out += "    Unmanaged.passRetained(TestScript { driver in\n"
+        for m in machines {
+            let v = Machine.variableName(for: m)
+            out += "        let \(v) = try driver.machine(\"\(m)\"); _ = \(v)\n"
+        }
+        if machines.count == 1, Machine.variableName(for: machines[0]) != "machine" {
+            out += "        let machine = try driver.machine(\"\(machines[0])\"); _ = machine\n"
+        }
+        out += "#sourceLocation(file: \"\(path.replacingOccurrences(of: "\"", with: "\\\""))\", line: 1)\n"
+        out += script
+        out += "\n#sourceLocation()\n    }).toOpaque()\n}\n"
+        return out
+    }
+
+    /// Type-checks and compiles `script`, or returns the cached build.
+    /// - Returns: the shared library to load, and whether it came from the cache.
+    /// - Throws: `VouchError.invalidSpec` with the compiler's diagnostics
+    ///   (pointing at the script's lines), `.spawnFailed` without a compiler.
+    public func compile(script url: URL, machines: [String]) async throws -> (library: URL, cached: Bool) {
+        guard let source = try? String(contentsOf: url, encoding: .utf8) else {
+            throw VouchError(.invalidSpec, "cannot read test script \(url.path)")
+        }
+        let library = try Self.libraryLocation()
+        let wrapped = Self.wrap(script: source, path: url.path, machines: machines)
+        let identity = wrapped + "\n" + library.identity
+        let key = String(fnv1a(identity), radix: 16) + String(fnv1a(String(identity.reversed())), radix: 16)
+        try FileManager.default.createDirectory(at: cacheDirectory, withIntermediateDirectories: true)
+        let output = cacheDirectory.appendingPathComponent("script-\(key).so")
+        if FileManager.default.fileExists(atPath: output.path) { return (output, true) }
+
+        let work = cacheDirectory.appendingPathComponent("build-\(key)-\(getpid())")
+        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: work) }
+        let sourceFile = work.appendingPathComponent("script.swift")
+        try wrapped.write(to: sourceFile, atomically: true, encoding: .utf8)
+        let partial = work.appendingPathComponent("script.so")
+        var args = [
+            "-emit-library", "-parse-as-library", "-module-name", "VouchScript", "-Onone", "-swift-version", "6",
+            "-I", library.modules, "-L", library.directory, "-lVouch",
+            "-Xlinker", "-rpath", "-Xlinker", library.directory,
+            "-o", partial.path, sourceFile.path,
+        ]
+        if let map = library.cModuleMap { args += ["-Xcc", "-fmodule-map-file=\(map)"] }
+        let process = try ChildProcess(swiftc, args, workingDirectory: work.path)
+        let out = OutputCollector()
+        async let a: Void = out.drain(process.stdout!.queue)
+        async let b: Void = out.drain(process.stderr!.queue)
+        let status = try await process.waitForExit()
+        _ = await (a, b)
+        guard status == .exited(0) else {
+            let diagnostics = out.text.split(separator: "\n")
+                .filter { !$0.contains(sourceFile.path) || $0.contains(": error") }
+                .joined(separator: "\n")
+            throw VouchError(.invalidSpec, "test script \(url.path) does not compile", outputTail: tail(diagnostics, lines: 40))
+        }
+        try? FileManager.default.removeItem(at: output)
+        try FileManager.default.moveItem(at: partial, to: output)
+        return (output, false)
+    }
+
+    struct LibraryLocation {
+        let directory: String
+        let modules: String
+        let cModuleMap: String?
+        /// Changes whenever the library is rebuilt, so stale scripts are recompiled.
+        let identity: String
+    }
+
+    /// Finds libVouch.so (the copy this process runs) and its module files.
+    static func libraryLocation() throws -> LibraryLocation {
+        guard let name = vouch_library_path() else {
+            throw VouchError(.other, "cannot locate the Vouch library")
+        }
+        let lib = URL(fileURLWithPath: String(cString: name)).resolvingSymlinksInPath()
+        let dir = lib.deletingLastPathComponent().path
+        let fm = FileManager.default
+        let candidates = [dir + "/Modules", dir + "/vouch/Modules", dir]
+        guard let modules = candidates.first(where: { fm.fileExists(atPath: $0 + "/Vouch.swiftmodule") }) else {
+            throw VouchError(.other, "no Vouch.swiftmodule next to \(lib.path) (looked in \(candidates.joined(separator: ", ")))")
+        }
+        let maps: [String?] = [
+            dir + "/CVouch.modulemap",
+            ImageStore.sourceCheckout?.appendingPathComponent("Sources/CVouch/include/module.modulemap").path,
+        ]
+        let map = maps.compactMap { $0 }.first { fm.fileExists(atPath: $0) }
+        let attrs = try? fm.attributesOfItem(atPath: lib.path)
+        let stamp = "\(lib.path) \((attrs?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0) \(attrs?[.size] ?? 0)"
+        return LibraryLocation(directory: dir, modules: modules, cModuleMap: map, identity: stamp)
+    }
+}
+
+func fnv1a(_ s: String) -> UInt64 {
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    for b in s.utf8 {
+        h ^= UInt64(b)
+        h = h &* 0x100_0000_01b3
+    }
+    return h
+}

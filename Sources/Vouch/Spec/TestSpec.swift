@@ -1,0 +1,204 @@
+import Foundation
+
+/// A test: its machines and limits, read from a JSON spec file.
+///
+/// ```json
+/// { "name": "demo", "globalTimeout": 900,
+///   "machines": { "server": { "image": "systemd", "memory": 512 },
+///                 "client": { "image": "minimal" } } }
+/// ```
+/// Unknown keys are errors, so a typo is reported rather than ignored.
+public struct TestSpec: Sendable {
+    public var name: String
+    /// Seconds before the whole test is stopped (exit status 143).
+    public var globalTimeout: Double
+    /// The machines, sorted by name (nixpkgs numbers nodes in this order).
+    public var machines: [MachineSpec]
+
+    public init(name: String, globalTimeout: Double = 3600, machines: [MachineSpec]) {
+        self.name = name
+        self.globalTimeout = globalTimeout
+        self.machines = machines.sorted { $0.name < $1.name }
+    }
+
+    /// Reads a spec file.
+    /// - Throws: `VouchError.invalidSpec` naming the file and the offending key.
+    public static func load(_ url: URL) throws -> TestSpec {
+        guard let data = FileManager.default.contents(atPath: url.path) else {
+            throw VouchError(.invalidSpec, "cannot read spec file \(url.path)")
+        }
+        let json: JSONValue
+        do { json = try JSONValue.parse(Array(data)) } catch {
+            throw VouchError(.invalidSpec, "\(url.path) is not valid JSON: \(describe(error))")
+        }
+        do {
+            return try parse(json, defaultName: url.deletingPathExtension().lastPathComponent)
+        } catch let error as VouchError {
+            throw VouchError(.invalidSpec, "\(url.path): \(error.message)")
+        }
+    }
+
+    /// Parses a spec from JSON.
+    /// - Throws: `VouchError.invalidSpec` naming the offending key.
+    public static func parse(_ json: JSONValue, defaultName: String = "test") throws -> TestSpec {
+        let top = try SpecObject(json, path: "spec")
+        try top.allow(["name", "globalTimeout", "machines"])
+        let name = try top.string("name") ?? defaultName
+        let timeout = try top.number("globalTimeout") ?? 3600
+        guard timeout > 0 else { throw invalid("globalTimeout must be positive") }
+        guard case .object(let nodes)? = top.value("machines") else {
+            throw invalid("spec.machines must be an object of machine name → settings")
+        }
+        guard !nodes.isEmpty else { throw invalid("spec.machines is empty: a test needs at least one machine") }
+        let machines = try nodes.map { try MachineSpec.parse(name: $0.key, $0.value) }
+        return TestSpec(name: name, globalTimeout: timeout, machines: machines)
+    }
+
+    static func invalid(_ message: String) -> VouchError { VouchError(.invalidSpec, message) }
+}
+
+/// One machine of a spec.
+public struct MachineSpec: Sendable {
+    public var name: String
+    /// "qemu" (the only backend in this version).
+    public var backend: String = "qemu"
+    /// A built-in image name or an image directory.
+    public var image: String?
+    public var kernel: String?
+    public var initrd: String?
+    public var disk: String?
+    public var cmdline: String?
+    /// A nixpkgs `run-NAME-vm` start script.
+    public var startScript: String?
+    public var memoryMiB: Int = 512
+    public var cpus: Int = 1
+    public var qemuArgs: [String] = []
+    public var board: QEMUConfig.Board?
+    public var accelerator: Accelerator.Choice = .auto
+    /// Seconds from start until the backdoor shell must answer.
+    public var bootTimeout: Double = 300
+
+    public init(name: String) {
+        self.name = name
+    }
+
+    static let backends = ["qemu"]
+
+    static func parse(name: String, _ json: JSONValue) throws -> MachineSpec {
+        let path = "machines.\(name)"
+        guard !name.isEmpty, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
+            throw TestSpec.invalid("\(path): machine names may only contain letters, digits, '-' and '_'")
+        }
+        let o = try SpecObject(json, path: path)
+        try o.allow(["backend", "image", "kernel", "initrd", "disk", "cmdline", "startScript", "memory", "cpus",
+                     "qemuArgs", "board", "accel", "bootTimeout"])
+        var m = MachineSpec(name: name)
+        m.backend = try o.string("backend") ?? "qemu"
+        guard backends.contains(m.backend) else {
+            throw TestSpec.invalid("\(path).backend: unknown backend '\(m.backend)' (known: \(backends.joined(separator: ", ")))")
+        }
+        m.image = try o.string("image")
+        m.kernel = try o.string("kernel")
+        m.initrd = try o.string("initrd")
+        m.disk = try o.string("disk")
+        m.cmdline = try o.string("cmdline")
+        m.startScript = try o.string("startScript")
+        m.memoryMiB = try o.int("memory") ?? 512
+        m.cpus = try o.int("cpus") ?? 1
+        m.qemuArgs = try o.strings("qemuArgs") ?? []
+        m.bootTimeout = try o.number("bootTimeout") ?? 300
+        if let b = try o.string("board") {
+            guard let board = QEMUConfig.Board(rawValue: b) else {
+                throw TestSpec.invalid("\(path).board: unknown board '\(b)' (microvm or pc)")
+            }
+            m.board = board
+        }
+        if let a = try o.string("accel") {
+            guard let accel = Accelerator.Choice(rawValue: a) else {
+                throw TestSpec.invalid("\(path).accel: unknown accelerator '\(a)' (auto, kvm or tcg)")
+            }
+            m.accelerator = accel
+        }
+        let sources = [m.image != nil, m.kernel != nil, m.startScript != nil].filter { $0 }.count
+        if sources == 0 { m.image = "minimal" }
+        guard sources <= 1 else {
+            throw TestSpec.invalid("\(path): give only one of image, kernel or startScript")
+        }
+        guard m.memoryMiB >= 32 else { throw TestSpec.invalid("\(path).memory: at least 32 (MiB)") }
+        guard m.cpus >= 1 else { throw TestSpec.invalid("\(path).cpus: at least 1") }
+        guard m.bootTimeout > 0 else { throw TestSpec.invalid("\(path).bootTimeout must be positive") }
+        return m
+    }
+}
+
+/// A JSON object being validated, with its path for error messages.
+struct SpecObject {
+    let members: [String: JSONValue]
+    let path: String
+
+    init(_ json: JSONValue, path: String) throws {
+        guard case .object(let members) = json else {
+            throw TestSpec.invalid("\(path) must be a JSON object")
+        }
+        self.members = members
+        self.path = path
+    }
+
+    func allow(_ keys: Set<String>) throws {
+        for key in members.keys.sorted() where !keys.contains(key) {
+            let hint = keys.min { editDistance($0, key) < editDistance($1, key) }
+                .flatMap { editDistance($0, key) <= 3 ? " (did you mean \($0)?)" : nil } ?? ""
+            throw TestSpec.invalid("\(path).\(key): unknown key\(hint)")
+        }
+    }
+
+    func value(_ key: String) -> JSONValue? { members[key] }
+
+    func string(_ key: String) throws -> String? {
+        guard let v = members[key], v != .null else { return nil }
+        guard let s = v.stringValue else { throw TestSpec.invalid("\(path).\(key) must be a string") }
+        return s
+    }
+
+    func number(_ key: String) throws -> Double? {
+        guard let v = members[key], v != .null else { return nil }
+        guard case .number(let n) = v else { throw TestSpec.invalid("\(path).\(key) must be a number") }
+        return n
+    }
+
+    func int(_ key: String) throws -> Int? {
+        guard let n = try number(key) else { return nil }
+        guard let i = Int(exactly: n) else { throw TestSpec.invalid("\(path).\(key) must be a whole number") }
+        return i
+    }
+
+    func strings(_ key: String) throws -> [String]? {
+        guard let v = members[key], v != .null else { return nil }
+        guard let a = v.arrayValue, a.allSatisfy({ $0.stringValue != nil }) else {
+            throw TestSpec.invalid("\(path).\(key) must be an array of strings")
+        }
+        return a.compactMap(\.stringValue)
+    }
+}
+
+func editDistance(_ a: String, _ b: String) -> Int {
+    let a = Array(a.lowercased()), b = Array(b.lowercased())
+    var row = Array(0...b.count)
+    for i in 1...max(a.count, 1) where !a.isEmpty {
+        var prev = row[0]
+        row[0] = i
+        for j in stride(from: 1, through: b.count, by: 1) {
+            let cur = row[j]
+            row[j] = min(row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] == b[j - 1] ? 0 : 1))
+            prev = cur
+        }
+    }
+    return row[b.count]
+}
+
+func describe(_ error: any Error) -> String {
+    if case DecodingError.dataCorrupted(let ctx) = error {
+        return (ctx.underlyingError as NSError?)?.userInfo[NSDebugDescriptionErrorKey] as? String ?? ctx.debugDescription
+    }
+    return "\(error)"
+}

@@ -1,0 +1,96 @@
+import Foundation
+import Glibc
+
+/// Minimal unix-domain stream sockets: the transport of QMP, the guest
+/// shell's virtconsole and the VDE/HTTP control sockets.
+enum UnixSocket {
+    /// Creates a listening socket at `path` (mode 0600).
+    /// - Throws: `SystemError` if the path is too long or bind/listen fail.
+    static func listen(path: String) throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw SystemError("socket") }
+        do {
+            unlink(path)
+            try withAddress(path) { addr, len in
+                guard bind(fd, addr, len) == 0 else { throw SystemError("bind \(path)") }
+            }
+            chmod(path, 0o600)
+            guard Glibc.listen(fd, 4) == 0 else { throw SystemError("listen \(path)") }
+            return fd
+        } catch {
+            close(fd)
+            throw error
+        }
+    }
+
+    /// Accepts one connection, polling so that cancellation is noticed.
+    /// - Throws: `CancellationError` when the task is cancelled, `SystemError` on failure.
+    static func accept(_ listener: Int32) async throws -> Int32 {
+        while true {
+            try Task.checkCancellation()
+            var pfd = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&pfd, 1, 0)
+            if ready > 0 {
+                let fd = Glibc.accept(listener, nil, nil)
+                if fd >= 0 {
+                    _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+                    return fd
+                }
+                if errno != EINTR && errno != EAGAIN { throw SystemError("accept") }
+            }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
+
+    /// Connects to the socket at `path`.
+    /// - Throws: `SystemError` (e.g. ENOENT or ECONNREFUSED while the server is not up yet).
+    static func connect(path: String) throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw SystemError("socket") }
+        do {
+            try withAddress(path) { addr, len in
+                guard Glibc.connect(fd, addr, len) == 0 else { throw SystemError("connect \(path)") }
+            }
+            return fd
+        } catch {
+            close(fd)
+            throw error
+        }
+    }
+
+    /// Connects, retrying until the server appears or `seconds` pass.
+    /// - Throws: the last connect error when the deadline passes.
+    static func connect(path: String, retryingFor seconds: Double) async throws -> Int32 {
+        let clock = ContinuousClock()
+        let end = clock.now.advanced(by: .seconds(seconds))
+        while true {
+            do {
+                return try connect(path: path)
+            } catch {
+                if clock.now >= end { throw error }
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    private static func withAddress<R>(
+        _ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) throws -> R
+    ) throws -> R {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        let capacity = MemoryLayout.size(ofValue: addr.sun_path)
+        guard bytes.count < capacity else {
+            throw SystemError("socket path longer than \(capacity - 1) bytes: \(path)", errno: ENAMETOOLONG)
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        return try withUnsafePointer(to: &addr) {
+            try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                try body($0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+    }
+}

@@ -1,0 +1,230 @@
+import Foundation
+import Glibc
+import Synchronization
+
+/// Options for one run, as the CLI passes them.
+public struct RunOptions: Sendable {
+    /// Where the log, JUnit file, screenshots and copied files go.
+    public var outputDirectory: URL
+    public var junitXML: URL?
+    /// Keep machine state directories (`-K`).
+    public var keepState = false
+    /// Overrides the spec's global timeout.
+    public var globalTimeout: Double?
+    /// Overrides every machine's accelerator.
+    public var accelerator: Accelerator.Choice?
+    /// Log to the file only (unit tests).
+    public var quiet = false
+
+    public init(outputDirectory: URL) {
+        self.outputDirectory = outputDirectory
+    }
+}
+
+/// How a run ended, and the process exit status that says so.
+public enum RunOutcome: Sendable, Equatable {
+    case passed
+    case failed(String)
+    case timedOut
+    case interrupted
+
+    /// 0, 1, 143 (global timeout, as nixpkgs) or 130 (interrupted).
+    public var exitStatus: Int32 {
+        switch self {
+        case .passed: 0
+        case .failed: 1
+        case .timedOut: 143
+        case .interrupted: 130
+        }
+    }
+}
+
+/// Owns a test run: its machines, run directory, log and report.
+///
+/// `run` executes a script under the global timeout and always tears down,
+/// whether the script passed, failed, timed out or was cancelled (Ctrl-C):
+/// every machine process ends and the run directory is removed.
+public final class Driver: Sendable {
+    @TaskLocal public static var current: Driver?
+
+    public let spec: TestSpec
+    public let options: RunOptions
+    public let log: TestLog
+    public let junit: JUnitReport
+    /// The machines, in name order.
+    public let machines: [Machine]
+    /// This run's private directory (0700): machine state, sockets, shared dir.
+    public let runDirectory: String
+
+    /// Validates `spec` and prepares the run; boots nothing.
+    /// - Throws: `VouchError.invalidSpec` / `.missingImage` before anything is started.
+    public init(spec: TestSpec, options: RunOptions) throws {
+        let plans = try spec.machines.map { try BackendFactory.plan(for: $0, accelerator: options.accelerator) }
+        let fm = FileManager.default
+        try fm.createDirectory(at: options.outputDirectory, withIntermediateDirectories: true)
+        self.spec = spec
+        self.options = options
+        self.log = TestLog(file: options.outputDirectory.appendingPathComponent("vouch.log"), quiet: options.quiet)
+        self.junit = JUnitReport(suiteName: spec.name)
+        self.runDirectory = try Driver.makeRunDirectory()
+        let shared = runDirectory + "/shared-xchg"
+        try fm.createDirectory(atPath: shared, withIntermediateDirectories: true)
+        var machines: [Machine] = []
+        for (m, plan) in zip(spec.machines, plans) {
+            let context = MachineContext(
+                name: m.name, stateDirectory: runDirectory + "/vm-state-\(m.name)", sharedDirectory: shared,
+                log: log, console: Console(machine: m.name, log: log))
+            machines.append(Machine(context: context, outputDirectory: options.outputDirectory,
+                                    bootTimeout: m.bootTimeout, readyUnit: plan.readyUnit, makeBackend: plan.make))
+        }
+        self.machines = machines
+    }
+
+    /// The machine called `name`.
+    /// - Throws: `VouchError.invalidSpec` listing the machines that exist.
+    public func machine(_ name: String) throws -> Machine {
+        guard let m = machines.first(where: { $0.name == name || $0.variableName == name }) else {
+            throw VouchError(.invalidSpec, "no machine named '\(name)' (machines: \(machines.map(\.name).joined(separator: ", ")))")
+        }
+        return m
+    }
+
+    /// Boots every machine concurrently and waits until all shells answer.
+    /// - Throws: the first machine's boot error (the others keep booting and
+    ///   are torn down with the run).
+    public func startAll() async throws {
+        try await log.nested("start all VMs") {
+            let status = BootStatus(names: machines.map(\.name), log: log)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for machine in machines {
+                    group.addTask {
+                        do {
+                            try await machine.start()
+                            status.done(machine.name)
+                        } catch {
+                            status.failed(machine.name)
+                            throw error
+                        }
+                    }
+                }
+                let ticker = Task { await status.tick() }
+                defer { ticker.cancel(); status.clear() }
+                try await group.waitForAll()
+            }
+        }
+    }
+
+    /// Runs `script` under the global timeout, then tears down.
+    /// Never throws: the outcome says how it ended, and is logged.
+    public func run(_ script: @escaping @Sendable (Driver) async throws -> Void) async -> RunOutcome {
+        let timeout = options.globalTimeout ?? spec.globalTimeout
+        let began = ContinuousClock.now
+        let outcome: RunOutcome = await Driver.$current.withValue(self) {
+            do {
+                try await withDeadline(seconds: timeout) {
+                    try await Driver.$current.withValue(self) { try await script(self) }
+                }
+                return .passed
+            } catch is DeadlineExceeded {
+                log.error("timeout reached; test terminating...")
+                return .timedOut
+            } catch is CancellationError {
+                log.error("interrupted; tearing down")
+                return .interrupted
+            } catch {
+                log.error("test failed: \(error)")
+                return .failed("\(error)")
+            }
+        }
+        if junit.all.isEmpty || outcomeNeedsMainCase(outcome) {
+            junit.record(spec.name, seconds: (ContinuousClock.now - began).seconds, failure: failureText(outcome))
+        }
+        await teardown()
+        if let path = options.junitXML {
+            do { try junit.write(to: path) } catch { log.error("cannot write JUnit XML to \(path.path): \(error)") }
+        }
+        try? junit.write(to: options.outputDirectory.appendingPathComponent("junit.xml"))
+        switch outcome {
+        case .passed: log.log("test passed in \(TestLog.seconds(since: began))")
+        default: log.error("test failed (exit status \(outcome.exitStatus))")
+        }
+        log.close()
+        return outcome
+    }
+
+    private func outcomeNeedsMainCase(_ outcome: RunOutcome) -> Bool {
+        // A failure outside any subtest still needs a failing test case.
+        outcome != .passed && !junit.all.contains { $0.failure != nil }
+    }
+
+    private func failureText(_ outcome: RunOutcome) -> String? {
+        switch outcome {
+        case .passed: nil
+        case .failed(let text): text
+        case .timedOut: "global timeout of \(formatSeconds(options.globalTimeout ?? spec.globalTimeout)) reached"
+        case .interrupted: "interrupted"
+        }
+    }
+
+    /// Stops every machine and removes the run directory (unless `-K`).
+    /// Runs in a fresh task so that a cancelled run still tears down fully.
+    public func teardown() async {
+        let machines = self.machines
+        let keep = options.keepState
+        let log = self.log
+        let runDirectory = self.runDirectory
+        await Task.detached {
+            await log.nested("tearing down") {
+                await withTaskGroup(of: Void.self) { group in
+                    for m in machines { group.addTask { await m.release(keepState: keep) } }
+                }
+                if keep {
+                    log.log("kept machine state in \(runDirectory)")
+                } else {
+                    try? FileManager.default.removeItem(atPath: runDirectory)
+                }
+            }
+        }.value
+    }
+
+    static func makeRunDirectory() throws -> String {
+        let env = ProcessInfo.processInfo.environment
+        let base = env["XDG_RUNTIME_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? env["TMPDIR"] ?? "/tmp"
+        var template = Array("\(base)/vouch-\(getpid())-XXXXXX".utf8CString)
+        guard let dir = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw VouchError(.other, "cannot create a run directory under \(base): \(SystemError("mkdtemp"))")
+        }
+        return String(cString: dir)
+    }
+}
+
+/// The live "booting: a (3 s), b ✓" line while machines boot.
+final class BootStatus: Sendable {
+    private let names: [String]
+    private let log: TestLog
+    private let state: Mutex<[String: String]>
+    private let began = ContinuousClock.now
+
+    init(names: [String], log: TestLog) {
+        self.names = names
+        self.log = log
+        self.state = Mutex(Dictionary(uniqueKeysWithValues: names.map { ($0, "") }))
+    }
+
+    func done(_ name: String) { state.withLock { $0[name] = "up" }; render() }
+    func failed(_ name: String) { state.withLock { $0[name] = "failed" }; render() }
+    func clear() { log.setStatus(nil) }
+
+    func tick() async {
+        while !Task.isCancelled {
+            render()
+            try? await Task.sleep(for: .milliseconds(250))
+        }
+    }
+
+    private func render() {
+        let elapsed = String(format: "%.1f s", (ContinuousClock.now - began).seconds)
+        let parts = state.withLock { s in names.map { n in s[n]!.isEmpty ? "\(n) …" : "\(n) \(s[n]!)" } }
+        log.setStatus("booting (\(elapsed)): " + parts.joined(separator: ", "))
+    }
+}

@@ -1,0 +1,53 @@
+import Foundation
+
+extension Machine {
+    /// Copies a file or directory from the host into the guest at `destination`,
+    /// through the shared directory (any size, binary-safe).
+    /// - Throws: `VouchError.commandFailed` if the guest-side copy fails,
+    ///   `.other` if the host file cannot be read.
+    public func copyFromHost(_ source: String, to destination: String, file: String = #filePath, line: Int = #line) async throws {
+        log.log("copying \(source) from the host to \(destination)", machine: name)
+        let fm = FileManager.default
+        let staging = "copy-\(UUID().uuidString.prefix(8))"
+        let hostStaging = context.sharedDirectory + "/" + staging
+        do {
+            try fm.createDirectory(atPath: hostStaging, withIntermediateDirectories: true)
+            try fm.copyItem(atPath: source, toPath: hostStaging + "/item")
+        } catch {
+            try? fm.removeItem(atPath: hostStaging)
+            throw VouchError(.other, "cannot stage \(source) for copying: \(error.localizedDescription)", machine: name,
+                             location: .init(file: file, line: line))
+        }
+        defer { try? fm.removeItem(atPath: hostStaging) }
+        let dst = shellQuote(destination)
+        try await succeed(
+            "mkdir -p \"$(dirname \(dst))\" && cp -r /tmp/shared/\(staging)/item \(dst)", file: file, line: line)
+    }
+
+    /// Copies a file or directory from the guest into the test's output
+    /// directory (under `targetDirectory`, relative to it), through the shared
+    /// directory. Returns the host path.
+    /// - Throws: `VouchError.commandFailed` if the guest-side copy fails.
+    @discardableResult
+    public func copyFromMachine(_ source: String, to targetDirectory: String = "", file: String = #filePath, line: Int = #line) async throws -> URL {
+        log.log("copying \(source) from the machine to the output directory", machine: name)
+        let fm = FileManager.default
+        let staging = "copy-\(UUID().uuidString.prefix(8))"
+        let hostStaging = context.sharedDirectory + "/" + staging
+        defer { try? fm.removeItem(atPath: hostStaging) }
+        try await succeed(
+            "mkdir -p /tmp/shared/\(staging) && cp -r \(shellQuote(source)) /tmp/shared/\(staging)/", file: file, line: line)
+        let base = (source as NSString).lastPathComponent
+        let targetDir = outputDirectory.appendingPathComponent(targetDirectory)
+        let target = targetDir.appendingPathComponent(base)
+        do {
+            try fm.createDirectory(at: targetDir, withIntermediateDirectories: true)
+            try? fm.removeItem(at: target)
+            try fm.moveItem(atPath: hostStaging + "/" + base, toPath: target.path)
+        } catch {
+            throw VouchError(.other, "cannot move \(source) into \(targetDir.path): \(error.localizedDescription)",
+                             machine: name, location: .init(file: file, line: line))
+        }
+        return target
+    }
+}

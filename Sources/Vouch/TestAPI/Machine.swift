@@ -1,0 +1,261 @@
+import Foundation
+
+/// One machine under test, driven through its backdoor root shell.
+///
+/// Every method is async and throws `VouchError`, naming this machine, the
+/// command, its exit status and the tail of its output. A machine boots on
+/// its first command if the script never called `start()`.
+public actor Machine {
+    /// The node name from the spec.
+    public nonisolated let name: String
+    /// The name as a script variable (`a-b` becomes `a_b`).
+    public nonisolated var variableName: String { Machine.variableName(for: name) }
+
+    let context: MachineContext
+    let outputDirectory: URL
+    let bootTimeout: Double
+    /// Unit that means "booted" (for images with systemd), or nil.
+    public nonisolated let readyUnit: String?
+    private let makeBackend: @Sendable (MachineContext) throws -> any Backend
+    private var backend: (any Backend)?
+    private var shell: GuestShell?
+    private var booting: Task<Void, any Error>?
+    private var bootStarted: ContinuousClock.Instant?
+    /// Whether the guest's shell is connected.
+    public private(set) var booted = false
+    /// How long the last boot took to the first usable shell, in seconds.
+    public private(set) var lastBootSeconds: Double?
+
+    var log: TestLog { context.log }
+    var console: Console { context.console }
+
+    init(
+        context: MachineContext, outputDirectory: URL, bootTimeout: Double, readyUnit: String?,
+        makeBackend: @escaping @Sendable (MachineContext) throws -> any Backend
+    ) {
+        self.name = context.name
+        self.context = context
+        self.outputDirectory = outputDirectory
+        self.bootTimeout = bootTimeout
+        self.readyUnit = readyUnit
+        self.makeBackend = makeBackend
+    }
+
+    /// Replaces characters that cannot appear in an identifier with `_`, as nixpkgs does.
+    public static func variableName(for node: String) -> String {
+        String(node.map { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") ? $0 : "_" })
+    }
+
+    // MARK: - Lifecycle
+
+    /// Boots the machine and waits until its root shell answers.
+    /// Returns at once if it is already up; concurrent callers share one boot.
+    /// - Throws: `VouchError.bootFailed` with the console tail if the guest
+    ///   does not come up within the boot timeout or its process dies.
+    public func start() async throws {
+        if booted { return }
+        if let booting { return try await booting.value }
+        let task = Task { try await self.boot() }
+        booting = task
+        defer { booting = nil }
+        try await task.value
+    }
+
+    private func boot() async throws {
+        log.log("starting vm", machine: name)
+        let began = ContinuousClock.now
+        bootStarted = began
+        let backend: any Backend
+        if let existing = self.backend, existing.exitStatus == nil {
+            backend = existing
+        } else {
+            if let old = self.backend { await old.stop(keepState: true) }
+            backend = try makeBackend(context)
+            self.backend = backend
+        }
+        let channel = try await backend.start()
+        let shell = GuestShell(machine: name, channel: channel)
+        try await connect(shell, backend: backend, what: "boot")
+        self.shell = shell
+        booted = true
+        let seconds = (ContinuousClock.now - began).seconds
+        lastBootSeconds = seconds
+        log.log(String(format: "connected to the guest root shell (%.2f s after start)", seconds), machine: name)
+    }
+
+    /// Waits for the banner and sets up the framing, within the boot timeout.
+    private func connect(_ shell: GuestShell, backend: any Backend, what: String) async throws {
+        do {
+            try await withDeadline(seconds: bootTimeout) { try await shell.connect() }
+        } catch is DeadlineExceeded {
+            throw VouchError(.bootFailed, "the backdoor shell did not come up within \(formatSeconds(bootTimeout)) (\(what))",
+                             machine: name, outputTail: console.tail(lines: 30))
+        } catch let error as VouchError where error.kind == .machineDown {
+            let status = try? await withDeadline(seconds: 2) { try await backend.waitForExit() }
+            throw VouchError(.bootFailed, "the guest went away during \(what)" + (status.map { " (\(backend.kind) \($0))" } ?? ""),
+                             machine: name, outputTail: console.tail(lines: 30))
+        }
+    }
+
+    /// Powers the guest off cleanly and waits for its process to end.
+    /// - Throws: `VouchError.timeout` if it does not stop within `timeout`
+    ///   (it is then killed).
+    public func shutdown(timeout: Double = 120) async throws {
+        guard booted, let shell, let backend else { return }
+        log.log("shutting down", machine: name)
+        await shell.markLost("the machine was shut down")
+        try await shell.sendUnframed("poweroff")
+        booted = false
+        self.shell = nil
+        do {
+            let status = try await withDeadline(seconds: timeout) { try await backend.waitForExit() }
+            log.log("powered off (\(backend.kind) \(status))", machine: name)
+        } catch is DeadlineExceeded {
+            await backend.stop(keepState: true)
+            throw VouchError(.timeout, "did not power off within \(formatSeconds(timeout)); killed it", machine: name,
+                             outputTail: console.tail())
+        }
+    }
+
+    /// Stops the machine abruptly, like pulling the power cord.
+    /// - Throws: `VouchError` from the backend's control channel.
+    public func crash() async throws {
+        guard let backend else { return }
+        log.log("simulating a crash", machine: name)
+        await shell?.markLost("the machine crashed")
+        booted = false
+        shell = nil
+        try await backend.crash()
+    }
+
+    /// Reboots the guest and waits until its shell is back.
+    /// - Throws: `VouchError.bootFailed` if it does not come back within the boot timeout.
+    public func reboot() async throws {
+        try await start()
+        guard let backend, let shell else { return }
+        log.log("rebooting", machine: name)
+        try await backend.allowReboot(true)
+        booted = false
+        try await shell.sendUnframed("reboot")
+        do {
+            try await connectAgain(shell, backend: backend)
+        } catch {
+            try? await backend.allowReboot(false)
+            throw error
+        }
+        try await backend.allowReboot(false)
+        booted = true
+        log.log("back after reboot", machine: name)
+    }
+
+    private func connectAgain(_ shell: GuestShell, backend: any Backend) async throws {
+        do {
+            try await withDeadline(seconds: bootTimeout) { try await shell.reconnect() }
+        } catch is DeadlineExceeded {
+            throw VouchError(.bootFailed, "did not come back from reboot within \(formatSeconds(bootTimeout))",
+                             machine: name, outputTail: console.tail(lines: 30))
+        }
+    }
+
+    /// Whether the guest's shell is connected and its process running.
+    public func isUp() -> Bool {
+        booted && backend?.exitStatus == nil
+    }
+
+    /// Sends a key combination to the guest, e.g. `sendKey("ctrl-alt-delete")`.
+    /// - Throws: `VouchError.unsupported` where the backend has no keyboard.
+    public func sendKey(_ combination: String) async throws {
+        guard let backend else { throw VouchError(.machineDown, "not started", machine: name) }
+        try await backend.sendKeys(combination.split(separator: "-").map(String.init))
+    }
+
+    /// Releases the backend (teardown). Never throws.
+    func release(keepState: Bool) async {
+        booting?.cancel()
+        await shell?.markLost("the test run ended")
+        booted = false
+        shell = nil
+        if let backend { await backend.stop(keepState: keepState) }
+        backend = nil
+    }
+
+    // MARK: - Commands
+
+    /// Runs `command` in the guest's root shell (bash, `set -euo pipefail`,
+    /// stdin from /dev/null; stderr goes to the serial console log).
+    /// - Returns: the exit status and stdout.
+    /// - Throws: `VouchError.timeout` after `timeout` seconds (the command is
+    ///   interrupted), `.machineDown` if the guest dies meanwhile.
+    @discardableResult
+    public func execute(
+        _ command: String, timeout: Double = 900, file: String = #filePath, line: Int = #line
+    ) async throws -> CommandResult {
+        try await start()
+        guard let shell else { throw VouchError(.machineDown, "the machine is not running", machine: name, command: command) }
+        do {
+            return try await shell.run(command, timeout: timeout)
+        } catch var error as VouchError {
+            if error.kind == .machineDown { error = await machineDownError(error, command: command) }
+            throw error.at(SourceLocation(file: file, line: line))
+        }
+    }
+
+    /// Runs each command, requiring exit status 0; returns their outputs concatenated.
+    /// - Throws: `VouchError.commandFailed` with the status and output tail.
+    @discardableResult
+    public func succeed(
+        _ commands: String..., timeout: Double = 900, file: String = #filePath, line: Int = #line
+    ) async throws -> String {
+        var output = ""
+        for command in commands {
+            log.log("must succeed: \(command)", machine: name)
+            let result = try await execute(command, timeout: timeout, file: file, line: line)
+            guard result.status == 0 else {
+                throw VouchError(.commandFailed, "command failed with exit status \(result.status)", machine: name,
+                                 command: command, status: result.status, outputTail: tail(result.text),
+                                 location: SourceLocation(file: file, line: line))
+            }
+            output += result.text
+        }
+        return output
+    }
+
+    /// Runs each command, requiring a non-zero exit status; returns their outputs concatenated.
+    /// - Throws: `VouchError.commandSucceeded` if one exits 0.
+    @discardableResult
+    public func fail(
+        _ commands: String..., timeout: Double = 900, file: String = #filePath, line: Int = #line
+    ) async throws -> String {
+        var output = ""
+        for command in commands {
+            log.log("must fail: \(command)", machine: name)
+            let result = try await execute(command, timeout: timeout, file: file, line: line)
+            guard result.status != 0 else {
+                throw VouchError(.commandSucceeded, "command succeeded but was expected to fail", machine: name,
+                                 command: command, status: 0, outputTail: tail(result.text),
+                                 location: SourceLocation(file: file, line: line))
+            }
+            output += result.text
+        }
+        return output
+    }
+
+    /// Turns a "connection closed" into what really happened to the guest.
+    private func machineDownError(_ error: VouchError, command: String) async -> VouchError {
+        var error = error
+        booted = false
+        shell = nil
+        if let backend {
+            let status = try? await withDeadline(seconds: 2) { try await backend.waitForExit() }
+            error.message = "the machine went away while running a command"
+                + (status.map { " (\(backend.kind) \($0))" } ?? "")
+        }
+        error.command = command
+        error.outputTail = console.tail(lines: 25)
+        return error
+    }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}

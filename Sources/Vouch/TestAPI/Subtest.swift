@@ -1,0 +1,113 @@
+import Foundation
+
+/// Runs `body` as a named, timed section: nested in the log and one test
+/// case in the JUnit report (failed if `body` throws).
+/// - Throws: whatever `body` throws.
+@discardableResult
+public func subtest<T>(
+    _ name: String, file: String = #filePath, line: Int = #line, _ body: () async throws -> T
+) async throws -> T {
+    let driver = Driver.current
+    let log = driver?.log ?? TestLog(quiet: false)
+    let began = ContinuousClock.now
+    do {
+        let result = try await log.nested("subtest: \(name)") { try await body() }
+        driver?.junit.record(name, seconds: (ContinuousClock.now - began).seconds, failure: nil)
+        return result
+    } catch {
+        driver?.junit.record(name, seconds: (ContinuousClock.now - began).seconds, failure: "\(error)")
+        throw error
+    }
+}
+
+/// Boots every machine of the current test concurrently.
+/// - Throws: the first boot error.
+public func startAll() async throws {
+    guard let driver = Driver.current else { throw VouchError(.other, "startAll() called outside a test run") }
+    try await driver.startAll()
+}
+
+/// Calls `body` up to `attempts` times, `delay` seconds apart, until it does not throw.
+/// - Throws: the last attempt's error.
+@discardableResult
+public func retry<T>(attempts: Int = 10, delay: Double = 1, _ body: () async throws -> T) async throws -> T {
+    precondition(attempts >= 1, "retry needs at least one attempt")
+    var attempt = 1
+    while true {
+        do { return try await body() } catch {
+            if attempt >= attempts || error is CancellationError { throw error }
+            Driver.current?.log.log("attempt \(attempt)/\(attempts) failed, retrying in \(formatSeconds(delay)): \(firstLine(error))")
+            attempt += 1
+            try await Task.sleep(for: .seconds(delay))
+        }
+    }
+}
+
+/// Calls `body` until it does not throw, for at most `timeout` seconds.
+/// - Throws: `VouchError.timeout` carrying the last error.
+@discardableResult
+public func retry<T>(timeout: Double, file: String = #filePath, line: Int = #line, _ body: () async throws -> T) async throws -> T {
+    let clock = ContinuousClock()
+    let end = clock.now.advanced(by: .seconds(timeout))
+    var pause = 0.1
+    while true {
+        do { return try await body() } catch {
+            if error is CancellationError { throw error }
+            if clock.now >= end {
+                throw VouchError(.timeout, "retry gave up after \(formatSeconds(timeout)); last error: \(error)",
+                                 location: .init(file: file, line: line))
+            }
+            try await Task.sleep(for: .seconds(pause))
+            pause = min(pause * 2, 1)
+        }
+    }
+}
+
+/// Runs `body` for every machine concurrently and waits for all.
+/// - Throws: the first error (the other calls are cancelled).
+public func waitAll(_ machines: [Machine], _ body: @escaping @Sendable (Machine) async throws -> Void) async throws {
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for m in machines { group.addTask { try await body(m) } }
+        try await group.waitForAll()
+    }
+}
+
+/// Fails unless `text` contains `part`.
+/// - Throws: `VouchError.assertionFailed` showing both.
+public func assertContains(_ text: String, _ part: String, file: String = #filePath, line: Int = #line) throws {
+    guard text.contains(part) else {
+        throw VouchError(.assertionFailed, "expected the text to contain \"\(part)\"", outputTail: tail(text),
+                         location: .init(file: file, line: line))
+    }
+}
+
+/// Fails unless `text` matches the regular expression `pattern` somewhere.
+/// - Throws: `VouchError.assertionFailed`, or `.invalidSpec` for a bad pattern.
+public func assertMatches(_ text: String, _ pattern: String, file: String = #filePath, line: Int = #line) throws {
+    let regex: Regex<AnyRegexOutput>
+    do { regex = try Regex(pattern) } catch {
+        throw VouchError(.invalidSpec, "invalid regular expression \(pattern): \(error)", location: .init(file: file, line: line))
+    }
+    guard text.contains(regex) else {
+        throw VouchError(.assertionFailed, "expected the text to match /\(pattern)/", outputTail: tail(text),
+                         location: .init(file: file, line: line))
+    }
+}
+
+/// Fails unless `actual == expected`.
+/// - Throws: `VouchError.assertionFailed` showing both values.
+public func assertEqual<T: Equatable>(_ actual: T, _ expected: T, file: String = #filePath, line: Int = #line) throws {
+    guard actual == expected else {
+        throw VouchError(.assertionFailed, "expected \(expected), got \(actual)", location: .init(file: file, line: line))
+    }
+}
+
+/// Fails unless `condition` holds.
+/// - Throws: `VouchError.assertionFailed` with `message`.
+public func assertTrue(_ condition: Bool, _ message: String = "assertion failed", file: String = #filePath, line: Int = #line) throws {
+    guard condition else { throw VouchError(.assertionFailed, message, location: .init(file: file, line: line)) }
+}
+
+func firstLine(_ error: any Error) -> String {
+    "\(error)".split(separator: "\n").first.map(String.init) ?? "\(error)"
+}
