@@ -1,15 +1,18 @@
 import ArgumentParser
-import Dispatch
 import Foundation
+import Glibc
 import Vouch
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Boot a test's machines and run its script.",
         discussion: """
-            The script is type-checked before any machine boots. Exit status: 0 passed, \
-            1 failed, 143 global timeout, 130 interrupted. Everything is torn down in every \
-            case: machine processes end and the run directory is removed (unless -K).
+            The script is type-checked before any machine boots, then runs as its own \
+            process linked against the Vouch library. Without --script, all machines are \
+            booted and shut down again (a boot check). Exit status: 0 passed, 1 failed, \
+            2 bad spec or script, 130 interrupted, 143 global timeout. Everything is torn \
+            down in every case: machine processes end and the run directory is removed \
+            (unless -K).
             """)
 
     @Argument(help: "The test spec (JSON). See README \"Test specs\".")
@@ -29,42 +32,38 @@ struct Run: AsyncParsableCommand {
     }
 
     func run() async throws {
+        var request = common.request()
+        request.specPath = spec.map(absolute)
+        request.configPath = config.map(absolute)
         let testSpec: TestSpec
         do {
-            if let config {
-                let nix = try NixpkgsConfig.load(URL(fileURLWithPath: config))
-                if script == nil, nix.testScript != nil {
-                    throw VouchError(.unsupported, "\(config) carries a Python test_script; Python test scripts are not supported by Vouch yet (pass a Swift --script)")
-                }
-                testSpec = nix.spec
-            } else {
-                testSpec = try TestSpec.load(URL(fileURLWithPath: spec!))
+            testSpec = try request.loadSpec()
+            if let config, script == nil, try NixpkgsConfig.load(URL(fileURLWithPath: config)).testScript != nil {
+                throw VouchError(.unsupported, "\(config) carries a Python test_script; Python test scripts are not supported by Vouch yet (pass a Swift --script)")
             }
         } catch let error as VouchError {
             fail(error)
         }
-        var body: @Sendable (Driver) async throws -> Void = { driver in try await driver.startAll() }
-        if let script {
-            let url = URL(fileURLWithPath: script).standardizedFileURL
-            do {
-                let began = ContinuousClock.now
-                let (library, cached) = try await ScriptCompiler().compile(script: url, machines: testSpec.machines.map(\.name))
-                let took = ContinuousClock.now - began
-                FileHandle.standardError.write(Data("script \(url.lastPathComponent): \(cached ? "cached build" : "compiled in \(took)")\n".utf8))
-                body = try TestScript.load(library: library).body
-            } catch let error as VouchError {
-                fail(error)
-            }
+        guard let script else {
+            throw ExitCode(await ScriptRunner.run(request) { driver in try await driver.startAll() })
         }
-        let driver: Driver
+        let url = URL(fileURLWithPath: script).standardizedFileURL
+        let executable: URL
         do {
-            driver = try Driver(spec: testSpec, options: common.runOptions())
+            let began = ContinuousClock.now
+            let (built, cached) = try await ScriptCompiler().compile(script: url, machines: testSpec.machines.map(\.name))
+            let took = String(format: "%.2f s", (ContinuousClock.now - began).seconds)
+            writeStderr("script \(url.lastPathComponent): \(cached ? "cached build" : "compiled in \(took)")\n")
+            executable = built
         } catch let error as VouchError {
             fail(error)
         }
-        let outcome = await runHandlingSignals(driver, body)
-        FileHandle.standardError.write(Data("log: \(common.outputDirectory)/vouch.log\njunit: \(common.junitXML ?? common.outputDirectory + "/junit.xml")\n".utf8))
-        throw ExitCode(outcome.exitStatus)
+        let json = String(decoding: try JSONEncoder().encode(request), as: UTF8.self)
+        setenv(RunRequest.environmentKey, json, 1)
+        let argv = [executable.path]
+        let cArgs = argv.map { strdup($0) } + [nil]
+        execv(executable.path, cArgs)
+        fail(VouchError(.spawnFailed, "cannot run the compiled script \(executable.path): \(String(cString: strerror(errno)))"))
     }
 }
 
@@ -85,41 +84,36 @@ struct CommonRunOptions: ParsableArguments {
     @Option(name: .long, help: "Accelerator: auto (probe KVM, else TCG), kvm or tcg. Also $VOUCH_ACCEL.")
     var accel: String?
 
-    func runOptions() throws -> RunOptions {
-        var options = RunOptions(outputDirectory: URL(fileURLWithPath: outputDirectory))
-        options.junitXML = junitXML.map { URL(fileURLWithPath: $0) }
-        options.keepState = keepVmState
-        options.globalTimeout = globalTimeout
-        if let accel {
-            guard let choice = Accelerator.Choice(rawValue: accel) else {
-                throw ValidationError("--accel must be auto, kvm or tcg")
-            }
-            options.accelerator = choice
+    func validate() throws {
+        if let accel, Accelerator.Choice(rawValue: accel) == nil {
+            throw ValidationError("--accel must be auto, kvm or tcg")
         }
-        return options
+    }
+
+    func request() -> RunRequest {
+        var r = RunRequest()
+        r.outputDirectory = absolute(outputDirectory)
+        r.junitXML = junitXML.map(absolute)
+        r.keepState = keepVmState
+        r.globalTimeout = globalTimeout
+        r.accelerator = accel
+        return r
     }
 }
 
-/// Runs the driver; SIGINT/SIGTERM cancel the run, which then tears down.
-func runHandlingSignals(_ driver: Driver, _ body: @escaping @Sendable (Driver) async throws -> Void) async -> RunOutcome {
-    signal(SIGINT, SIG_IGN)
-    signal(SIGTERM, SIG_IGN)
-    let task = Task { await driver.run(body) }
-    let sources = [SIGINT, SIGTERM].map { sig in
-        let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-        source.setEventHandler {
-            driver.log.error("received \(sig == SIGINT ? "SIGINT" : "SIGTERM"); stopping the test")
-            task.cancel()
-        }
-        source.resume()
-        return source
-    }
-    let outcome = await task.value
-    sources.forEach { $0.cancel() }
-    return outcome
+func absolute(_ path: String) -> String {
+    URL(fileURLWithPath: path).standardizedFileURL.path
+}
+
+func writeStderr(_ text: String) {
+    FileHandle.standardError.write(Data(text.utf8))
 }
 
 func fail(_ error: VouchError) -> Never {
-    FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+    writeStderr("error: \(error)\n")
     Foundation.exit(error.kind == .invalidSpec || error.kind == .missingImage || error.kind == .unsupported ? 2 : 1)
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }

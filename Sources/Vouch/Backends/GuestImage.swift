@@ -1,3 +1,4 @@
+internal import CVouch
 import Foundation
 
 /// A guest image built by `images/build.sh`: a directory with `image.json`
@@ -80,10 +81,11 @@ public enum ImageStore {
         return FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/vouch/images")
     }
 
-    /// The Vouch source checkout the running binary was built in, if any
-    /// (found by walking up from the executable to `images/build.sh`).
+    /// The Vouch source checkout the library was built in, if any (found by
+    /// walking up from libVouch.so to `images/build.sh`).
     public static var sourceCheckout: URL? {
-        var dir = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+        let library = vouch_library_path().map { String(cString: $0) } ?? "/proc/self/exe"
+        var dir = URL(fileURLWithPath: library).resolvingSymlinksInPath().deletingLastPathComponent()
         for _ in 0..<6 {
             if FileManager.default.fileExists(atPath: dir.appendingPathComponent("images/build.sh").path) {
                 return dir

@@ -53,6 +53,11 @@ public final class TestLog: Sendable {
         write(message, machine: machine, style: .error)
     }
 
+    /// Logs a detail to the log file only (and stderr with VOUCH_DEBUG=1).
+    public func debug(_ message: String, machine: String? = nil) {
+        write(message, machine: machine, style: .debug)
+    }
+
     /// Logs a line the guest printed on its serial console (dimmed).
     public func serial(_ line: String, machine: String) {
         write(line, machine: machine, style: .serial)
@@ -95,6 +100,8 @@ public final class TestLog: Sendable {
         }
     }
 
+    static let debugToTerminal = ProcessInfo.processInfo.environment["VOUCH_DEBUG"].map { !$0.isEmpty && $0 != "0" } ?? false
+
     static func seconds(since start: ContinuousClock.Instant) -> String {
         let d = ContinuousClock.now - start
         let s = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
@@ -103,7 +110,7 @@ public final class TestLog: Sendable {
 
     // MARK: - Rendering
 
-    enum Style { case plain, header, footer, serial, warning, error }
+    enum Style { case plain, header, footer, serial, warning, error, debug }
 
     private func write(_ message: String, machine: String?, style: Style) {
         let d = ContinuousClock.now - start
@@ -122,7 +129,7 @@ public final class TestLog: Sendable {
                     + styled(String(line), style) + "\n"
             }
             if let data = plain.data(using: .utf8) { try? s.file?.write(contentsOf: data) }
-            guard !quiet else { return }
+            guard !quiet, style != .debug || Self.debugToTerminal else { return }
             var out = live && s.status != nil ? "\r\u{1B}[2K" : ""
             out += color ? fancy : plain
             if live, let status = s.status {
@@ -136,7 +143,7 @@ public final class TestLog: Sendable {
         switch style {
         case .plain: text
         case .header: colored(text, "1")
-        case .footer: colored(text, "2")
+        case .footer, .debug: colored(text, "2")
         case .serial: colored(text, "2")
         case .warning: colored(text, "33")
         case .error: colored(text, "1;31")

@@ -109,7 +109,14 @@ public final class Driver: Sendable {
                 }
                 let ticker = Task { await status.tick() }
                 defer { ticker.cancel(); status.clear() }
-                try await group.waitForAll()
+                do {
+                    while try await group.next() != nil {}
+                } catch {
+                    // One machine cannot boot: stop the others now rather
+                    // than after their own boot deadlines.
+                    group.cancelAll()
+                    throw error
+                }
             }
         }
     }

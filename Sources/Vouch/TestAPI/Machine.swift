@@ -54,11 +54,17 @@ public actor Machine {
     ///   does not come up within the boot timeout or its process dies.
     public func start() async throws {
         if booted { return }
-        if let booting { return try await booting.value }
-        let task = Task { try await self.boot() }
-        booting = task
-        defer { booting = nil }
-        try await task.value
+        let task: Task<Void, any Error>
+        if let booting {
+            task = booting
+        } else {
+            task = Task { try await self.boot() }
+            booting = task
+        }
+        defer { if booting == task { booting = nil } }
+        // The boot is shared by concurrent callers; any caller's cancellation
+        // (Ctrl-C, a failed sibling in startAll) stops it.
+        try await withTaskCancellationHandler { try await task.value } onCancel: { task.cancel() }
     }
 
     private func boot() async throws {
@@ -75,6 +81,7 @@ public actor Machine {
         }
         let channel = try await backend.start()
         let shell = GuestShell(machine: name, channel: channel)
+        log.debug("waiting for the backdoor banner", machine: name)
         try await connect(shell, backend: backend, what: "boot")
         self.shell = shell
         booted = true
@@ -88,8 +95,10 @@ public actor Machine {
         do {
             try await withDeadline(seconds: bootTimeout) { try await shell.connect() }
         } catch is DeadlineExceeded {
-            throw VouchError(.bootFailed, "the backdoor shell did not come up within \(formatSeconds(bootTimeout)) (\(what))",
-                             machine: name, outputTail: console.tail(lines: 30))
+            let consoleTail = console.tail(lines: 30)
+            let silent = consoleTail.isEmpty ? "; the serial console printed nothing" : ""
+            throw VouchError(.bootFailed, "the backdoor shell did not come up within \(formatSeconds(bootTimeout)) (\(what)\(silent))",
+                             machine: name, outputTail: consoleTail)
         } catch let error as VouchError where error.kind == .machineDown {
             let status = try? await withDeadline(seconds: 2) { try await backend.waitForExit() }
             throw VouchError(.bootFailed, "the guest went away during \(what)" + (status.map { " (\(backend.kind) \($0))" } ?? ""),

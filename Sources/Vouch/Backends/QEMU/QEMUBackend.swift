@@ -79,6 +79,7 @@ final class QEMUBackend: Backend {
             s.pumps = pumps
         }
         context.log.log("started \(process.executable) (pid \(process.pid))", machine: name)
+        context.log.debug("command line: \(process.executable) \(args.joined(separator: " "))", machine: name)
 
         enum Event: Sendable { case connected(Int32), exited(ExitStatus) }
         let event: Event
@@ -104,6 +105,7 @@ final class QEMUBackend: Backend {
         case .connected(let fd):
             shellFD = fd
         }
+        context.log.debug("QEMU connected to the shell socket", machine: name)
         let writeFD = dup(shellFD)
         let reader = FDReader(fd: shellFD, name: "shell-\(name)")
         state.withLock { s in
@@ -112,6 +114,7 @@ final class QEMUBackend: Backend {
         }
         let qmp = try await QMPClient.connect(path: commandLine.qmpSocket, machine: name)
         state.withLock { $0.qmp = qmp }
+        context.log.debug("QMP ready", machine: name)
         return GuestChannel(input: reader.queue, send: { try writeAll(fd: writeFD, $0) }, close: { reader.shutdownSocket() })
     }
 

@@ -1,3 +1,5 @@
+import Foundation
+
 /// How to boot one QEMU machine.
 public struct QEMUConfig: Sendable {
     /// Where the kernel comes from.
@@ -88,6 +90,7 @@ struct QEMUCommandLine {
             if let initrd { args += ["-initrd", initrd] }
             var append = cmdline
             append += " \(hostnameParameter)=\(hostname) panic=-1"
+            if accelerator == .tcg, let khz = HostTiming.tscKHz { append += " tsc_early_khz=\(khz)" }
             if !config.extraCmdline.isEmpty { append += " " + config.extraCmdline }
             args += ["-append", append]
             if let overlay {
@@ -106,6 +109,30 @@ struct QEMUCommandLine {
         env["TMPDIR"] = stateDirectory
         env["USE_TMPDIR"] = "1"
         env["SHARED_DIR"] = sharedDirectory
+        if accelerator == .tcg, let khz = HostTiming.tscKHz {
+            env["QEMU_KERNEL_PARAMS"] = [base["QEMU_KERNEL_PARAMS"], "tsc_early_khz=\(khz)"]
+                .compactMap { $0 }.joined(separator: " ")
+        }
         return env
     }
+}
+
+/// Timing facts about the host that a TCG guest needs.
+enum HostTiming {
+    /// The host's TSC frequency in kHz (from /proc/cpuinfo).
+    ///
+    /// Under TCG the guest's TSC runs at the host's rate, but a guest kernel
+    /// calibrating it against the PIT on a loaded host can fail, mark the TSC
+    /// unstable and then hang calibrating its delay loop. Passing
+    /// `tsc_early_khz` skips that calibration, so boot does not depend on
+    /// host load.
+    static let tscKHz: Int? = {
+        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return nil }
+        for line in info.split(separator: "\n") where line.hasPrefix("cpu MHz") {
+            guard let value = line.split(separator: ":").last,
+                  let mhz = Double(value.trimmingCharacters(in: .whitespaces)), mhz > 0 else { return nil }
+            return Int(mhz * 1000)
+        }
+        return nil
+    }()
 }

@@ -2,36 +2,10 @@ internal import CVouch
 import Foundation
 import Glibc
 
-/// A compiled test script: the body that runs with the test's driver.
-///
-/// Scripts are compiled into a shared library whose entry point returns one
-/// of these; loading it in-process means the script, the driver and every
-/// machine share one process, one log and one teardown.
-public final class TestScript: Sendable {
-    public let body: @Sendable (Driver) async throws -> Void
-
-    public init(_ body: @escaping @Sendable (Driver) async throws -> Void) {
-        self.body = body
-    }
-
-    /// Loads a script library built by `ScriptCompiler`.
-    /// - Throws: `VouchError.other` if it cannot be loaded or has no entry point.
-    public static func load(library: URL) throws -> TestScript {
-        guard let handle = dlopen(library.path, RTLD_NOW | RTLD_LOCAL) else {
-            throw VouchError(.other, "cannot load compiled script \(library.path): \(String(cString: dlerror()))")
-        }
-        guard let symbol = dlsym(handle, "vouch_script_entry") else {
-            throw VouchError(.other, "compiled script \(library.path) has no entry point")
-        }
-        typealias Entry = @convention(c) () -> UnsafeMutableRawPointer
-        let entry = unsafeBitCast(symbol, to: Entry.self)
-        return Unmanaged<TestScript>.fromOpaque(entry()).takeRetainedValue()
-    }
-}
-
 /// Compiles Swift test scripts against the Vouch library, caching by content.
 ///
-/// The script's top-level code becomes the body of a closure in which every
+/// The script becomes an executable linked against libVouch.so: its
+/// top-level code is the body of a closure in which every
 /// machine is a `let` named after its node (`machine` too when there is only
 /// one), plus `driver`. `#sourceLocation` keeps compiler errors and runtime
 /// failures pointing at the script's own file and lines.
@@ -51,23 +25,23 @@ public struct ScriptCompiler: Sendable {
     /// The generated source for `script` with `machines` bound.
     public static func wrap(script: String, path: String, machines: [String]) -> String {
         var out = "import Vouch\nimport Foundation\n\n"
-        out += "@_cdecl(\"vouch_script_entry\")\npublic func __vouchScriptEntry() -> UnsafeMutableRawPointer {\n"
-        out += "    Unmanaged.passRetained(TestScript { driver in\n"
+        out += "@main\nstruct VouchTestScript {\n    static func main() async {\n"
+        out += "        await ScriptRunner.main { driver in\n"
         for m in machines {
             let v = Machine.variableName(for: m)
-            out += "        let \(v) = try driver.machine(\"\(m)\"); _ = \(v)\n"
+            out += "            let \(v) = try driver.machine(\"\(m)\"); _ = \(v)\n"
         }
         if machines.count == 1, Machine.variableName(for: machines[0]) != "machine" {
-            out += "        let machine = try driver.machine(\"\(machines[0])\"); _ = machine\n"
+            out += "            let machine = try driver.machine(\"\(machines[0])\"); _ = machine\n"
         }
         out += "#sourceLocation(file: \"\(path.replacingOccurrences(of: "\"", with: "\\\""))\", line: 1)\n"
         out += script
-        out += "\n#sourceLocation()\n    }).toOpaque()\n}\n"
+        out += "\n#sourceLocation()\n        }\n    }\n}\n"
         return out
     }
 
     /// Type-checks and compiles `script`, or returns the cached build.
-    /// - Returns: the shared library to load, and whether it came from the cache.
+    /// - Returns: the test executable, and whether it came from the cache.
     /// - Throws: `VouchError.invalidSpec` with the compiler's diagnostics
     ///   (pointing at the script's lines), `.spawnFailed` without a compiler.
     public func compile(script url: URL, machines: [String]) async throws -> (library: URL, cached: Bool) {
@@ -79,7 +53,7 @@ public struct ScriptCompiler: Sendable {
         let identity = wrapped + "\n" + library.identity
         let key = String(fnv1a(identity), radix: 16) + String(fnv1a(String(identity.reversed())), radix: 16)
         try FileManager.default.createDirectory(at: cacheDirectory, withIntermediateDirectories: true)
-        let output = cacheDirectory.appendingPathComponent("script-\(key).so")
+        let output = cacheDirectory.appendingPathComponent("script-\(key)")
         if FileManager.default.fileExists(atPath: output.path) { return (output, true) }
 
         let work = cacheDirectory.appendingPathComponent("build-\(key)-\(getpid())")
@@ -87,9 +61,9 @@ public struct ScriptCompiler: Sendable {
         defer { try? FileManager.default.removeItem(at: work) }
         let sourceFile = work.appendingPathComponent("script.swift")
         try wrapped.write(to: sourceFile, atomically: true, encoding: .utf8)
-        let partial = work.appendingPathComponent("script.so")
+        let partial = work.appendingPathComponent("script")
         var args = [
-            "-emit-library", "-parse-as-library", "-module-name", "VouchScript", "-Onone", "-swift-version", "6",
+            "-parse-as-library", "-module-name", "VouchScript", "-Onone", "-swift-version", "6",
             "-I", library.modules, "-L", library.directory, "-lVouch",
             "-Xlinker", "-rpath", "-Xlinker", library.directory,
             "-o", partial.path, sourceFile.path,

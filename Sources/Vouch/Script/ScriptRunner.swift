@@ -1,0 +1,95 @@
+import Dispatch
+import Foundation
+import Glibc
+
+/// What to run: passed from `vouch run` to a compiled test script in the
+/// environment variable `VOUCH_RUN_REQUEST` (JSON).
+public struct RunRequest: Codable, Sendable {
+    public var specPath: String?
+    public var configPath: String?
+    public var outputDirectory: String = "vouch-out"
+    public var junitXML: String?
+    public var keepState = false
+    public var globalTimeout: Double?
+    public var accelerator: String?
+
+    public static let environmentKey = "VOUCH_RUN_REQUEST"
+
+    public init() {}
+
+    /// Loads the spec (or nixpkgs config) the request names.
+    /// - Throws: `VouchError.invalidSpec` / `.unsupported`.
+    public func loadSpec() throws -> TestSpec {
+        if let configPath {
+            return try NixpkgsConfig.load(URL(fileURLWithPath: configPath)).spec
+        }
+        guard let specPath else { throw VouchError(.invalidSpec, "no spec file given") }
+        return try TestSpec.load(URL(fileURLWithPath: specPath))
+    }
+
+    /// The driver options this request asks for.
+    /// - Throws: `VouchError.invalidSpec` for an unknown accelerator.
+    public func runOptions() throws -> RunOptions {
+        var options = RunOptions(outputDirectory: URL(fileURLWithPath: outputDirectory))
+        options.junitXML = junitXML.map { URL(fileURLWithPath: $0) }
+        options.keepState = keepState
+        options.globalTimeout = globalTimeout
+        if let accelerator {
+            guard let choice = Accelerator.Choice(rawValue: accelerator) else {
+                throw VouchError(.invalidSpec, "unknown accelerator '\(accelerator)' (auto, kvm or tcg)")
+            }
+            options.accelerator = choice
+        }
+        return options
+    }
+}
+
+/// Runs a test end to end: spec, driver, script, signals, teardown, exit status.
+public enum ScriptRunner {
+    /// The entry point of a compiled test script: reads the request from
+    /// the environment, runs `body`, and exits with the outcome's status.
+    public static func main(_ body: @escaping @Sendable (Driver) async throws -> Void) async -> Never {
+        guard let json = ProcessInfo.processInfo.environment[RunRequest.environmentKey],
+              let request = try? JSONDecoder().decode(RunRequest.self, from: Data(json.utf8))
+        else {
+            writeStandardError("error: this is a compiled Vouch test script; run it with `vouch run SPEC --script FILE`\n")
+            exit(2)
+        }
+        exit(await run(request, body))
+    }
+
+    /// Runs `body` for `request` and returns the exit status (0, 1, 2 for a
+    /// bad spec, 130 interrupted, 143 global timeout).
+    public static func run(_ request: RunRequest, _ body: @escaping @Sendable (Driver) async throws -> Void) async -> Int32 {
+        let driver: Driver
+        do {
+            driver = try Driver(spec: try request.loadSpec(), options: try request.runOptions())
+        } catch {
+            writeStandardError("error: \(error)\n")
+            return 2
+        }
+        let outcome = await runHandlingSignals(driver, body)
+        let out = driver.options.outputDirectory.path
+        writeStandardError("log: \(out)/vouch.log\njunit: \(driver.options.junitXML?.path ?? out + "/junit.xml")\n")
+        return outcome.exitStatus
+    }
+
+    /// Runs the driver; SIGINT and SIGTERM cancel the run, which then tears down.
+    static func runHandlingSignals(_ driver: Driver, _ body: @escaping @Sendable (Driver) async throws -> Void) async -> RunOutcome {
+        signal(SIGINT, SIG_IGN)
+        signal(SIGTERM, SIG_IGN)
+        let task = Task { await driver.run(body) }
+        let sources = [SIGINT, SIGTERM].map { sig in
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler {
+                driver.log.error("received \(sig == SIGINT ? "SIGINT" : "SIGTERM"); stopping the test")
+                task.cancel()
+            }
+            source.resume()
+            return source
+        }
+        let outcome = await task.value
+        sources.forEach { $0.cancel() }
+        return outcome
+    }
+}
