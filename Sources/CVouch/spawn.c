@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -38,6 +39,16 @@ static void child_exec(const vouch_spawn_request *r, pid_t parent, int err_fd) {
         fds[i] = fcntl(src, F_DUPFD_CLOEXEC, 10);
     }
     for (int i = 0; i < 3; i++) dup2(fds[i], i);
+    if (r->set_ctty) {
+        int tty = -1;
+        for (int i = 0; i < 3 && tty < 0; i++)
+            if (isatty(i)) tty = i;
+        if (tty < 0 || ioctl(tty, TIOCSCTTY, 0) != 0) {
+            int e = tty < 0 ? ENOTTY : errno;
+            (void)!write(err_fd, &e, sizeof e);
+            _exit(127);
+        }
+    }
     syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */);
     fcntl(err_fd, F_SETFD, FD_CLOEXEC);
 

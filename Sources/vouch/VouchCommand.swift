@@ -16,5 +16,5 @@ struct VouchCommand: AsyncParsableCommand {
               vouch check SPEC --script T   type-check a script without booting
               vouch bench                   measure boot and command round trips
             """,
-        subcommands: [Run.self, Check.self, Images.self])
+        subcommands: [Run.self, Check.self, Images.self, Bench.self])
 }

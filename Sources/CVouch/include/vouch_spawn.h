@@ -12,6 +12,11 @@ typedef struct {
     int stdin_fd;
     int stdout_fd;
     int stderr_fd;
+    /* Non-zero: make the first of stdin, stdout, stderr that is a terminal
+       the child's controlling terminal (TIOCSCTTY, after setsid and the
+       dup2s), as a console getty or a backdoor on /dev/hvc0 has. The spawn
+       fails with ENOTTY if none is a terminal. 0: no controlling terminal. */
+    int set_ctty;
 } vouch_spawn_request;
 
 /// Starts a child in its own session whose parent-death signal is SIGKILL.

@@ -69,6 +69,32 @@ actor GuestShell {
         }
     }
 
+    /// Runs `command` with the nixpkgs Python driver's two-step framing
+    /// (PROTOCOLS.md §2): `timeout`, `bash -c` and `base64` in the guest, then
+    /// a second round trip for the status. Only for comparison benchmarks.
+    func runTwoStep(_ command: String, timeout: Double) async throws -> CommandResult {
+        try await lock()
+        defer { unlock() }
+        let script = "timeout \(Int(timeout)) bash -c \(shellQuote("set -euo pipefail; " + command)) | (base64 -w 0; echo)\n"
+        try send(Array(script.utf8))
+        let encoded = try await withDeadline(seconds: timeout + 5) { try await self.readLine() }
+        try send(Array("echo ${PIPESTATUS[0]}\n".utf8))
+        let status = try await withDeadline(seconds: 10) { try await self.readLine() }
+        let output = Data(base64Encoded: String(decoding: encoded, as: UTF8.self)).map { Array($0) } ?? []
+        return CommandResult(status: Int32(String(decoding: status, as: UTF8.self)) ?? -1, output: output)
+    }
+
+    private func readLine() async throws -> [UInt8] {
+        while true {
+            if let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = Array(buffer[..<newline])
+                buffer.removeFirst(newline + 1)
+                return line
+            }
+            try await receive()
+        }
+    }
+
     /// Sends a line the shell runs without framing (e.g. `poweroff`), for
     /// commands after which no answer can come.
     func sendUnframed(_ line: String) async throws {

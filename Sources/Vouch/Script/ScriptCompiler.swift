@@ -24,7 +24,18 @@ public struct ScriptCompiler: Sendable {
 
     /// The generated source for `script` with `machines` bound.
     public static func wrap(script: String, path: String, machines: [String]) -> String {
-        var out = "import Vouch\nimport Foundation\n\n"
+        // `import` is only valid at file scope: hoist imports out of the body,
+        // leaving blank lines so line numbers stay the script's own.
+        var imports: [String] = []
+        let body = script.split(separator: "\n", omittingEmptySubsequences: false).map { line -> Substring in
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            if trimmed.hasPrefix("import ") || trimmed.hasPrefix("@testable import ") {
+                imports.append(trimmed)
+                return ""
+            }
+            return line
+        }.joined(separator: "\n")
+        var out = "import Vouch\nimport Foundation\n" + imports.joined(separator: "\n") + "\n"
         out += "@main\nstruct VouchTestScript {\n    static func main() async {\n"
         out += "        await ScriptRunner.main { driver in\n"
         for m in machines {
@@ -35,7 +46,7 @@ public struct ScriptCompiler: Sendable {
             out += "            let machine = try driver.machine(\"\(machines[0])\"); _ = machine\n"
         }
         out += "#sourceLocation(file: \"\(path.replacingOccurrences(of: "\"", with: "\\\""))\", line: 1)\n"
-        out += script
+        out += body
         out += "\n#sourceLocation()\n        }\n    }\n}\n"
         return out
     }

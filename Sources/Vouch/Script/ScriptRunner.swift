@@ -49,6 +49,8 @@ public enum ScriptRunner {
     /// The entry point of a compiled test script: reads the request from
     /// the environment, runs `body`, and exits with the outcome's status.
     public static func main(_ body: @escaping @Sendable (Driver) async throws -> Void) async -> Never {
+        // Keep the script's print() in step with the log when stdout is a pipe.
+        setvbuf(stdout, nil, _IOLBF, 0)
         guard let json = ProcessInfo.processInfo.environment[RunRequest.environmentKey],
               let request = try? JSONDecoder().decode(RunRequest.self, from: Data(json.utf8))
         else {

@@ -42,6 +42,10 @@ final class ChildProcess: Sendable {
     }
 
     /// Starts `executable` (looked up in PATH when it has no slash).
+    ///
+    /// With `controllingTerminal`, the first of the child's stdin, stdout and
+    /// stderr that is a terminal (e.g. `stdoutFD` = a pty slave) becomes its
+    /// controlling terminal, so `/dev/tty` and the terminal's signal keys work.
     /// - Throws: `VouchError.spawnFailed` naming the program when it cannot be found or executed.
     init(
         _ executable: String,
@@ -49,7 +53,8 @@ final class ChildProcess: Sendable {
         environment: [String: String]? = nil,
         workingDirectory: String? = nil,
         pipes: Pipes = [.stdout, .stderr],
-        stdoutFD: Int32? = nil
+        stdoutFD: Int32? = nil,
+        controllingTerminal: Bool = false
     ) throws {
         guard let path = ChildProcess.resolve(executable) else {
             throw VouchError.spawnFailed(program: executable, reason: "not found in PATH")
@@ -87,7 +92,8 @@ final class ChildProcess: Sendable {
                     withOptionalCString(workingDirectory) { cCwd in
                         var request = vouch_spawn_request(
                             path: cPath, argv: cArgv, envp: cEnvp, cwd: cCwd,
-                            stdin_fd: stdinRead, stdout_fd: stdoutWrite, stderr_fd: stderrWrite)
+                            stdin_fd: stdinRead, stdout_fd: stdoutWrite, stderr_fd: stderrWrite,
+                            set_ctty: controllingTerminal ? 1 : 0)
                         return vouch_spawn(&request, &pid)
                     }
                 }

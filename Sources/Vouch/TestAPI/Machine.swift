@@ -209,6 +209,15 @@ public actor Machine {
         }
     }
 
+    /// Runs `command` with the Python driver's two-round-trip framing, to
+    /// compare against Vouch's own in benchmarks. Not for tests.
+    @_spi(Benchmark)
+    public func executeTwoStep(_ command: String, timeout: Double = 900) async throws -> CommandResult {
+        try await start()
+        guard let shell else { throw VouchError(.machineDown, "the machine is not running", machine: name, command: command) }
+        return try await shell.runTwoStep(command, timeout: timeout)
+    }
+
     /// Runs each command, requiring exit status 0; returns their outputs concatenated.
     /// - Throws: `VouchError.commandFailed` with the status and output tail.
     @discardableResult

@@ -50,6 +50,16 @@ public enum Accelerator {
         return works ? (.kvm, "KVM works (probed: \(detail))") : (.tcg, "KVM unusable (\(detail)); using TCG")
     }
 
+    private static let announced = Mutex(false)
+
+    /// True the first time it is called in a process: the choice is logged once per run.
+    static func firstAnnouncement() -> Bool {
+        announced.withLock { done in
+            defer { done = true }
+            return !done
+        }
+    }
+
     static func probe(kernel: String, qemu: String) async -> (Bool, String) {
         let args = [
             "-accel", "kvm", "-M", "microvm", "-cpu", "host", "-m", "128", "-nodefaults", "-no-user-config",
@@ -70,7 +80,9 @@ public enum Accelerator {
         if text.contains("Kernel panic") || text.contains("VFS:") {
             return (true, "a kernel booted to its first panic")
         }
-        let last = text.split(separator: "\n").last.map(String.init) ?? "no output"
+        var last = text.split(separator: "\n").last.map(String.init) ?? "no output"
+        // QEMU's assertion messages carry long source paths; the end says what failed.
+        if last.count > 90 { last = "…" + last.suffix(90) }
         return (false, finished == nil ? "probe VM hung for 15 s" : "probe VM failed: \(last)")
     }
 

@@ -42,7 +42,11 @@ final class QEMUBackend: Backend {
         try fm.createDirectory(atPath: context.stateDirectory, withIntermediateDirectories: true,
                                attributes: [.posixPermissions: 0o700])
         let (accel, reason) = await Accelerator.resolve(config.accelerator, probeKernel: probeKernel, qemu: config.qemuBinary)
-        if accel == .tcg { context.log.warning(reason, machine: name) } else { context.log.log(reason, machine: name) }
+        if Accelerator.firstAnnouncement() {
+            if accel == .tcg { context.log.warning(reason) } else { context.log.log(reason) }
+        } else {
+            context.log.debug("accelerator: \(accel.rawValue)", machine: name)
+        }
 
         var overlay: String?
         if case .direct(_, _, let rootDisk?, _) = config.boot {

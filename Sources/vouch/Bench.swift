@@ -1,0 +1,105 @@
+import ArgumentParser
+import Foundation
+@_spi(Benchmark) import Vouch
+
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure boot time, command round trips and driver memory on the default guests.",
+        discussion: """
+            For each image, boots one machine and reports: boot to first command, the round \
+            trip of succeed("true") with Vouch's one-step framing and with the nixpkgs Python \
+            driver's two-step framing (timeout + bash -c + base64, then a second round trip for \
+            the status) on the same guest in the same run, and the driver's peak resident \
+            memory. The machine is shared and noisy: compare figures within one run.
+            """)
+
+    @Option(help: "Images to measure, comma-separated.")
+    var images = "minimal,systemd"
+
+    @Option(help: "Round trips per framing.")
+    var calls = 200
+
+    @Option(name: .long, help: "Accelerator: auto, kvm or tcg.")
+    var accel: String?
+
+    func run() async throws {
+        var rows: [[String]] = []
+        for image in images.split(separator: ",").map(String.init) {
+            var machine = MachineSpec(name: "bench")
+            machine.image = image
+            let spec = TestSpec(name: "bench-\(image)", globalTimeout: 1800, machines: [machine])
+            var options = RunOptions(outputDirectory: URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vouch-bench-\(getpid())"))
+            options.quiet = true
+            if let accel { options.accelerator = Accelerator.Choice(rawValue: accel) }
+            let driver: Driver
+            do { driver = try Driver(spec: spec, options: options) } catch let error as VouchError { fail(error) }
+            let calls = self.calls
+            let result = Results()
+            writeStderr("bench: \(image): booting…\n")
+            let outcome = await driver.run { driver in
+                let m = try driver.machine("bench")
+                let began = ContinuousClock.now
+                try await m.succeed("true")
+                result.boot = (ContinuousClock.now - began).seconds
+                writeStderr("bench: \(image): up in \(String(format: "%.2f", result.boot)) s; \(calls) round trips per framing…\n")
+                for _ in 0..<10 { try await m.succeed("true") }
+                for _ in 0..<calls {
+                    let t = ContinuousClock.now
+                    try await m.execute("true")
+                    result.vouch.append((ContinuousClock.now - t).seconds)
+                }
+                for _ in 0..<calls {
+                    let t = ContinuousClock.now
+                    let r = try await m.executeTwoStep("true")
+                    guard r.status == 0 else { throw VouchError(.commandFailed, "two-step true returned \(r.status)") }
+                    result.twoStep.append((ContinuousClock.now - t).seconds)
+                }
+                try await m.shutdown()
+            }
+            try? FileManager.default.removeItem(at: options.outputDirectory)
+            guard outcome == .passed else {
+                writeStderr("bench: \(image) failed: \(outcome)\n")
+                throw ExitCode(1)
+            }
+            rows.append([
+                image, String(format: "%.2f s", result.boot),
+                ms(percentile(result.vouch, 0.5)), ms(percentile(result.vouch, 0.99)),
+                ms(percentile(result.twoStep, 0.5)), ms(percentile(result.twoStep, 0.99)),
+                String(format: "%.1fx", percentile(result.twoStep, 0.5) / percentile(result.vouch, 0.5)),
+            ])
+        }
+        let header = ["guest", "boot→1st cmd", "vouch p50", "vouch p99", "2-step p50", "2-step p99", "speed-up p50"]
+        print(table([header] + rows))
+        print("driver peak RSS: \(peakRSS()) (VmHWM); accelerator: see log lines above; \(calls) calls per framing")
+    }
+
+    final class Results: @unchecked Sendable {
+        var boot = 0.0
+        var vouch: [Double] = []
+        var twoStep: [Double] = []
+    }
+}
+
+func percentile(_ values: [Double], _ p: Double) -> Double {
+    guard !values.isEmpty else { return .nan }
+    let sorted = values.sorted()
+    let index = min(sorted.count - 1, Int((Double(sorted.count) * p).rounded(.up)) - 1)
+    return sorted[max(0, index)]
+}
+
+func ms(_ seconds: Double) -> String { String(format: "%.2f ms", seconds * 1000) }
+
+func peakRSS() -> String {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM") }) else { return "unknown" }
+    return line.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)
+}
+
+func table(_ rows: [[String]]) -> String {
+    let widths = rows[0].indices.map { i in rows.map { $0[i].count }.max()! }
+    func line(_ row: [String]) -> String {
+        "| " + row.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: " | ") + " |"
+    }
+    let rule = "|" + widths.map { String(repeating: "-", count: $0 + 2) }.joined(separator: "|") + "|"
+    return ([line(rows[0]), rule] + rows.dropFirst().map(line)).joined(separator: "\n")
+}

@@ -1,0 +1,101 @@
+import Foundation
+import Glibc
+import Testing
+@testable import Vouch
+
+/// The `vouch` command as users run it: specs, scripts, exit statuses, signals.
+@Suite(.serialized)
+struct CLITests {
+    let dir: URL
+
+    init() throws {
+        dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vouch-cli-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    }
+
+    func write(_ name: String, _ text: String) throws -> String {
+        let url = dir.appendingPathComponent(name)
+        try text.write(to: url, atomically: true, encoding: .utf8)
+        return url.path
+    }
+
+    @Test func malformedSpecsAreRejectedBeforeAnythingStarts() async throws {
+        let before = runDirectories()
+        let cases: [(String, String)] = [
+            (#"{"machines": {"a": {"memroy": 512}}}"#, "machines.a.memroy: unknown key (did you mean memory?)"),
+            (#"{"machines": {"a": {"backend": "vmware"}}}"#, "unknown backend 'vmware'"),
+            (#"{"machines": {"a": {"image": "nonexistent"}}}"#, "guest image 'nonexistent' not found"),
+            (#"{"machines": {"a": {"kernel": "/no/such/kernel"}}}"#, "kernel /no/such/kernel does not exist"),
+            (#"{"machines": {}}"#, "spec.machines is empty"),
+            (#"{"machines": "#, "is not valid JSON"),
+        ]
+        for (i, (json, expected)) in cases.enumerated() {
+            let spec = try write("bad\(i).json", json)
+            let (status, output) = try await runCLI(["run", spec, "-o", dir.appendingPathComponent("out").path])
+            #expect(status == 2, "\(json): status \(status)")
+            #expect(output.contains(expected), "\(json): \(output)")
+        }
+        #expect(runDirectories() == before)
+    }
+
+    @Test func scriptCompileErrorsPointAtTheScript() async throws {
+        let spec = try write("one.json", #"{"machines": {"machine": {"image": "minimal"}}}"#)
+        let script = try write("broken.swift", "let x = 1\ntry await machine.succeed(42)\n")
+        let (status, output) = try await runCLI(["check", spec, "--script", script])
+        #expect(status == 2)
+        #expect(output.contains("broken.swift:2:"), "\(output)")
+    }
+
+    @Test func scriptFailureReportsScriptLineAndJUnit() async throws {
+        let spec = try write("one.json", #"{"machines": {"machine": {"image": "minimal"}}}"#)
+        let script = try write("fails.swift", """
+            try await subtest("passes") { try await machine.succeed("true") }
+            try await subtest("fails") {
+                try await machine.succeed("echo visible-output; exit 4")
+            }
+            """)
+        let out = dir.appendingPathComponent("out-fail")
+        let junit = dir.appendingPathComponent("report.xml")
+        let (status, output) = try await runCLI(["run", spec, "--script", script, "-o", out.path, "--junit-xml", junit.path])
+        #expect(status == 1)
+        #expect(output.contains("fails.swift:3: machine: command failed with exit status 4"), "\(output)")
+        #expect(output.contains("visible-output"))
+        let xml = try String(contentsOf: junit, encoding: .utf8)
+        #expect(xml.contains(#"tests="2" failures="1""#), "\(xml)")
+        #expect(xml.contains("exit status 4"))
+        let log = try String(contentsOf: out.appendingPathComponent("vouch.log"), encoding: .utf8)
+        #expect(log.contains("subtest: fails"))
+    }
+
+    @Test func globalTimeoutExits143AndTearsDown() async throws {
+        let spec = try write("one.json", #"{"machines": {"machine": {"image": "minimal"}}}"#)
+        let script = try write("hang.swift", "try await machine.succeed(\"true\")\ntry await Task.sleep(for: .seconds(3600))\n")
+        let (status, output) = try await runCLI(["run", spec, "--script", script, "-o", dir.appendingPathComponent("out-t").path, "--global-timeout", "60"])
+        #expect(status == 143)
+        #expect(output.contains("timeout reached; test terminating..."))
+        #expect(output.contains("finished: tearing down"))
+    }
+
+    @Test func sigintDuringBootTearsEverythingDown() async throws {
+        let spec = try write("two.json", #"{"machines": {"a": {"image": "minimal"}, "b": {"image": "systemd"}}}"#)
+        let out = dir.appendingPathComponent("out-int")
+        let process = try ChildProcess(vouchBinary, ["run", spec, "-o", out.path])
+        let output = OutputCollector()
+        async let a: Void = output.drain(process.stdout!.queue)
+        async let b: Void = output.drain(process.stderr!.queue)
+        // Interrupt once both QEMUs run, while the guests are still booting.
+        try await withDeadline(seconds: 120) {
+            while output.text.components(separatedBy: "started qemu-system").count < 3 {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        let marker = "/vouch-\(process.pid)-"
+        #expect(processes(mentioning: marker).count == 2, "both QEMUs should be running")
+        kill(process.pid, SIGINT)
+        let status = try await withDeadline(seconds: 30) { try await process.waitForExit() }
+        _ = await (a, b)
+        #expect(status == .exited(130), "\(output.text)")
+        #expect(processes(mentioning: marker).isEmpty)
+        #expect(!runDirectories().contains { $0.hasPrefix("vouch-\(process.pid)-") })
+    }
+}

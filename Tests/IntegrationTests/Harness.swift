@@ -1,0 +1,82 @@
+import Foundation
+import Testing
+@testable import Vouch
+
+/// Builds machine specs for the built-in images.
+func guest(_ name: String, image: String = "minimal", bootTimeout: Double = 300, cmdline: String? = nil) -> MachineSpec {
+    var m = MachineSpec(name: name)
+    m.image = image
+    m.bootTimeout = bootTimeout
+    m.cmdline = cmdline
+    return m
+}
+
+/// A test run on real QEMU guests, checked for leftovers afterwards.
+struct RealRun {
+    let driver: Driver
+    let outcome: RunOutcome
+
+    /// Runs `body` with a driver for `machines`, then asserts that teardown
+    /// left no process referring to the run directory and removed it.
+    static func run(
+        _ machines: [MachineSpec], globalTimeout: Double = 1200, name: String = #function,
+        _ body: @escaping @Sendable (Driver) async throws -> Void
+    ) async throws -> RealRun {
+        var options = RunOptions(outputDirectory: outputDirectory(name))
+        options.quiet = ProcessInfo.processInfo.environment["VOUCH_TEST_LOG"] == nil
+        options.globalTimeout = globalTimeout
+        let driver = try Driver(spec: TestSpec(name: name, machines: machines), options: options)
+        let outcome = await driver.run(body)
+        let run = RealRun(driver: driver, outcome: outcome)
+        run.expectNoLeftovers()
+        return run
+    }
+
+    static func outputDirectory(_ name: String) -> URL {
+        let safe = name.filter { $0.isLetter || $0.isNumber }
+        return URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vouch-it-\(safe)-\(getpid())")
+    }
+
+    /// The text of the run's log file, for assertions on what was logged.
+    var logText: String {
+        (try? String(contentsOf: driver.options.outputDirectory.appendingPathComponent("vouch.log"), encoding: .utf8)) ?? ""
+    }
+
+    func expectNoLeftovers(sourceLocation: Testing.SourceLocation = #_sourceLocation) {
+        #expect(!FileManager.default.fileExists(atPath: driver.runDirectory),
+                "run directory \(driver.runDirectory) was not removed", sourceLocation: sourceLocation)
+        let holders = processes(mentioning: driver.runDirectory)
+        #expect(holders.isEmpty, "processes left behind: \(holders)", sourceLocation: sourceLocation)
+    }
+}
+
+/// Command lines of live processes that contain `text`.
+func processes(mentioning text: String) -> [String] {
+    let fm = FileManager.default
+    guard let pids = try? fm.contentsOfDirectory(atPath: "/proc") else { return [] }
+    var found: [String] = []
+    for pid in pids where pid.allSatisfy(\.isNumber) {
+        guard let data = fm.contents(atPath: "/proc/\(pid)/cmdline"), !data.isEmpty else { continue }
+        let cmdline = String(decoding: data.map { $0 == 0 ? 32 : $0 }, as: UTF8.self)
+        if cmdline.contains(text) { found.append("\(pid): \(cmdline.prefix(160))") }
+    }
+    return found
+}
+
+/// The package root, from this file's path.
+let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+/// The built CLI.
+let vouchBinary = packageRoot.appendingPathComponent(".build/debug/vouch").path
+
+/// Runs the CLI and returns its exit status and combined output.
+func runCLI(_ args: [String], environment: [String: String]? = nil, timeout: Double = 600) async throws -> (status: Int32, output: String) {
+    let process = try ChildProcess(vouchBinary, args, environment: environment)
+    let output = OutputCollector()
+    async let a: Void = output.drain(process.stdout!.queue)
+    async let b: Void = output.drain(process.stderr!.queue)
+    let status = try await withDeadline(seconds: timeout) { try await process.waitForExit() }
+    _ = await (a, b)
+    guard case .exited(let code) = status else { return (-1, output.text) }
+    return (code, output.text)
+}
