@@ -151,3 +151,7 @@ const char *vouch_library_path(void) {
     if (dladdr((void *)vouch_library_path, &info) && info.dli_fname) return info.dli_fname;
     return NULL;
 }
+
+#include <stdio.h>
+
+void vouch_line_buffer_stdout(void) { setvbuf(stdout, NULL, _IOLBF, 0); }

@@ -40,4 +40,8 @@ int vouch_term_signal(int status);
 
 /// The path of the shared object this code is linked into (libVouch.so).
 const char *vouch_library_path(void);
+
+/// Makes C stdout line-buffered (Swift cannot touch the `stdout` global safely).
+void vouch_line_buffer_stdout(void);
+
 #endif

@@ -1,3 +1,4 @@
+internal import CVouch
 import Dispatch
 import Foundation
 import Glibc
@@ -50,7 +51,7 @@ public enum ScriptRunner {
     /// the environment, runs `body`, and exits with the outcome's status.
     public static func main(_ body: @escaping @Sendable (Driver) async throws -> Void) async -> Never {
         // Keep the script's print() in step with the log when stdout is a pipe.
-        setvbuf(stdout, nil, _IOLBF, 0)
+        vouch_line_buffer_stdout()
         guard let json = ProcessInfo.processInfo.environment[RunRequest.environmentKey],
               let request = try? JSONDecoder().decode(RunRequest.self, from: Data(json.utf8))
         else {
