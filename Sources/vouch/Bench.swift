@@ -24,6 +24,7 @@ struct Bench: AsyncParsableCommand {
 
     func run() async throws {
         var rows: [[String]] = []
+        var accelerator = "unknown"
         for image in images.split(separator: ",").map(String.init) {
             var machine = MachineSpec(name: "bench")
             machine.image = image
@@ -56,6 +57,8 @@ struct Bench: AsyncParsableCommand {
                 }
                 try await m.shutdown()
             }
+            let log = (try? String(contentsOf: options.outputDirectory.appendingPathComponent("vouch.log"), encoding: .utf8)) ?? ""
+            accelerator = log.contains("using TCG") ? "TCG" : "KVM"
             try? FileManager.default.removeItem(at: options.outputDirectory)
             guard outcome == .passed else {
                 writeStderr("bench: \(image) failed: \(outcome)\n")
@@ -70,7 +73,7 @@ struct Bench: AsyncParsableCommand {
         }
         let header = ["guest", "boot→1st cmd", "vouch p50", "vouch p99", "2-step p50", "2-step p99", "speed-up p50"]
         print(table([header] + rows))
-        print("driver peak RSS: \(peakRSS()) (VmHWM); accelerator: see log lines above; \(calls) calls per framing")
+        print("accelerator: \(accelerator); \(calls) calls per framing; driver peak RSS: \(peakRSS()) (VmHWM)")
     }
 
     final class Results: @unchecked Sendable {
