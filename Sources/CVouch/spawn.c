@@ -31,6 +31,9 @@ static void child_exec(const vouch_spawn_request *r, pid_t parent, int err_fd) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(127);
 
+    /* Keep the error pipe and the inherited fd clear of 0-3 while we shuffle. */
+    err_fd = fcntl(err_fd, F_DUPFD_CLOEXEC, 10);
+    int extra = r->inherit_fd >= 0 ? fcntl(r->inherit_fd, F_DUPFD_CLOEXEC, 10) : -1;
     int null_fd = open("/dev/null", O_RDWR);
     int fds[3] = {r->stdin_fd, r->stdout_fd, r->stderr_fd};
     /* Move sources above 2 first so dup2 never clobbers a later source. */
@@ -49,7 +52,8 @@ static void child_exec(const vouch_spawn_request *r, pid_t parent, int err_fd) {
             _exit(127);
         }
     }
-    syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */);
+    if (extra >= 0) dup2(extra, 3);
+    syscall(SYS_close_range, extra >= 0 ? 4 : 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */);
     fcntl(err_fd, F_SETFD, FD_CLOEXEC);
 
     if (r->cwd && chdir(r->cwd) != 0) {

@@ -113,7 +113,8 @@ func tail(_ text: String, lines: Int = 20, maxBytes: Int = 4000) -> String {
 extension String {
     func trimmingTrailingNewlines() -> String {
         var s = Substring(self)
-        while s.last == "\n" || s.last == "\r" { s = s.dropLast() }
+        // "\r\n" is one Character, equal to neither "\n" nor "\r".
+        while s.last == "\n" || s.last == "\r" || s.last == "\r\n" { s = s.dropLast() }
         return String(s)
     }
 }

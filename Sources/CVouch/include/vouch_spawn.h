@@ -17,6 +17,9 @@ typedef struct {
        dup2s), as a console getty or a backdoor on /dev/hvc0 has. The spawn
        fails with ENOTTY if none is a terminal. 0: no controlling terminal. */
     int set_ctty;
+    /* A descriptor to hand to the child as fd 3 (e.g. QEMU's end of the
+       guest shell socket), or -1. */
+    int inherit_fd;
 } vouch_spawn_request;
 
 /// Starts a child in its own session whose parent-death signal is SIGKILL.

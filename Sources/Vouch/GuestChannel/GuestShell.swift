@@ -27,6 +27,10 @@ actor GuestShell {
     private var lost: String?
     private var busy = false
     private var queue: [CheckedContinuation<Void, Never>] = []
+    /// The last answer `readAnswer` took out of `buffer`. If a deadline fires
+    /// just as the answer arrives, `withDeadline` drops the result; `run`
+    /// finds it here instead of waiting for a marker that was already consumed.
+    private var answered: (nonce: String, result: CommandResult)?
 
     init(machine: String, channel: GuestChannel) {
         self.machine = machine
@@ -57,10 +61,13 @@ actor GuestShell {
             throw VouchError(.protocolError, "the guest shell is unusable: \(lost)", machine: machine, command: command)
         }
         let nonce = nextNonce()
+        defer { answered = nil }
         try send(ShellFraming.commandLine(command, nonce: nonce))
         do {
             return try await withDeadline(seconds: timeout) { try await self.readAnswer(nonce: nonce) }
         } catch is DeadlineExceeded {
+            // The command finished at the deadline: its answer is complete.
+            if let answered, answered.nonce == nonce { return answered.result }
             let seen = String(decoding: buffer.suffix(4000), as: UTF8.self)
             let recovered = await recover(nonce: nonce)
             var message = "command timed out after \(formatSeconds(timeout))"
@@ -144,9 +151,10 @@ actor GuestShell {
         while true {
             let (match, next) = ShellFraming.findMarker(nonce: nonce, in: buffer, from: scan)
             if let match {
-                let output = Array(buffer[..<match.outputEnd])
+                let result = CommandResult(status: match.status, output: Array(buffer[..<match.outputEnd]))
                 buffer.removeFirst(match.end)
-                return CommandResult(status: match.status, output: output)
+                answered = (nonce, result)
+                return result
             }
             scan = next
             try await receive()
@@ -173,7 +181,9 @@ actor GuestShell {
     private func recover(nonce: String) async -> Bool {
         for signal in [ShellFraming.interrupt, ShellFraming.interrupt, ShellFraming.quit] {
             guard (try? send(signal)) != nil else { break }
-            if (try? await withDeadline(seconds: 3, { try await self.readAnswer(nonce: nonce) })) != nil {
+            if (try? await withDeadline(seconds: 3, { try await self.readAnswer(nonce: nonce) })) != nil
+                || answered?.nonce == nonce
+            {
                 return true
             }
         }

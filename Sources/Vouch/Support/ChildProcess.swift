@@ -46,6 +46,7 @@ final class ChildProcess: Sendable {
     /// With `controllingTerminal`, the first of the child's stdin, stdout and
     /// stderr that is a terminal (e.g. `stdoutFD` = a pty slave) becomes its
     /// controlling terminal, so `/dev/tty` and the terminal's signal keys work.
+    /// `inheritedFD` is handed to the child as its fd 3.
     /// - Throws: `VouchError.spawnFailed` naming the program when it cannot be found or executed.
     init(
         _ executable: String,
@@ -54,7 +55,8 @@ final class ChildProcess: Sendable {
         workingDirectory: String? = nil,
         pipes: Pipes = [.stdout, .stderr],
         stdoutFD: Int32? = nil,
-        controllingTerminal: Bool = false
+        controllingTerminal: Bool = false,
+        inheritedFD: Int32? = nil
     ) throws {
         guard let path = ChildProcess.resolve(executable) else {
             throw VouchError.spawnFailed(program: executable, reason: "not found in PATH")
@@ -93,7 +95,7 @@ final class ChildProcess: Sendable {
                         var request = vouch_spawn_request(
                             path: cPath, argv: cArgv, envp: cEnvp, cwd: cCwd,
                             stdin_fd: stdinRead, stdout_fd: stdoutWrite, stderr_fd: stderrWrite,
-                            set_ctty: controllingTerminal ? 1 : 0)
+                            set_ctty: controllingTerminal ? 1 : 0, inherit_fd: inheritedFD ?? -1)
                         return vouch_spawn(&request, &pid)
                     }
                 }

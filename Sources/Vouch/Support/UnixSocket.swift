@@ -58,19 +58,44 @@ enum UnixSocket {
         }
     }
 
-    /// Connects, retrying until the server appears or `seconds` pass.
+    /// Connects, retrying until the server appears, `seconds` pass or `gaveUp` says so.
     /// - Throws: the last connect error when the deadline passes.
-    static func connect(path: String, retryingFor seconds: Double) async throws -> Int32 {
+    static func connect(path: String, retryingFor seconds: Double, unless gaveUp: () -> Bool = { false }) async throws -> Int32 {
         let clock = ContinuousClock()
         let end = clock.now.advanced(by: .seconds(seconds))
         while true {
             do {
                 return try connect(path: path)
             } catch {
-                if clock.now >= end { throw error }
+                if clock.now >= end || gaveUp() { throw error }
             }
             try await Task.sleep(for: .milliseconds(10))
         }
+    }
+
+    /// A connected pair of stream sockets (both close-on-exec).
+    /// - Throws: `SystemError`.
+    static func pair() throws -> (Int32, Int32) {
+        var fds: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+            throw SystemError("socketpair")
+        }
+        return (fds[0], fds[1])
+    }
+
+    /// Raises the send buffer of `fd` to `bytes`, past the system limit when
+    /// allowed (root); returns the size the kernel granted.
+    @discardableResult
+    static func growSendBuffer(_ fd: Int32, to bytes: Int32) -> Int32 {
+        var size = bytes
+        let len = socklen_t(MemoryLayout<Int32>.size)
+        if setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, len) != 0 {
+            _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, len)
+        }
+        var granted: Int32 = 0
+        var grantedLen = len
+        _ = getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &granted, &grantedLen)
+        return granted
     }
 
     private static func withAddress<R>(

@@ -18,13 +18,13 @@ actor QMPClient {
     private var pump: Task<Void, Never>?
 
     /// Connects to the QMP socket at `path`, retrying for `timeout` seconds
-    /// while QEMU starts.
+    /// while QEMU starts (and giving up early if `process` exits).
     /// - Throws: `VouchError.qmpError` if the socket never answers or the
     ///   greeting is not QMP.
-    static func connect(path: String, machine: String, timeout: Double = 10) async throws -> QMPClient {
+    static func connect(path: String, machine: String, timeout: Double = 10, whileRunning process: ChildProcess? = nil) async throws -> QMPClient {
         let fd: Int32
         do {
-            fd = try await UnixSocket.connect(path: path, retryingFor: timeout)
+            fd = try await UnixSocket.connect(path: path, retryingFor: timeout, unless: { process?.exitStatus != nil })
         } catch {
             throw VouchError(.qmpError, "cannot connect to QMP at \(path): \(error)", machine: machine)
         }
@@ -40,7 +40,6 @@ actor QMPClient {
     }
 
     private func handshake(timeout: Double) async throws {
-        var lines = LineSplitter()
         let greeting = try await withDeadline(seconds: timeout) { [reader] () async throws -> JSONValue in
             var splitter = LineSplitter()
             while true {
@@ -54,7 +53,6 @@ actor QMPClient {
         guard greeting["QMP"] != nil else {
             throw VouchError(.qmpError, "expected a QMP greeting, got \(greeting)", machine: machine)
         }
-        _ = lines.next()
         pump = Task { await self.readLoop() }
         _ = try await execute("qmp_capabilities")
     }
@@ -88,6 +86,9 @@ actor QMPClient {
     func waitForEvent(_ name: String) async throws -> JSONValue {
         if let index = events.firstIndex(where: { $0["event"]?.stringValue == name }) {
             return events.remove(at: index)
+        }
+        if let closedReason {
+            throw VouchError(.qmpError, "QMP connection closed (\(closedReason)) while waiting for event \(name)", machine: machine)
         }
         nextID += 1
         let id = nextID

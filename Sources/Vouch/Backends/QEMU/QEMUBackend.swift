@@ -5,8 +5,12 @@ import Synchronization
 /// Runs a machine as a QEMU process: direct kernel boot of a Vouch image, or
 /// a nixpkgs start script with the test devices added.
 ///
-/// Vouch listens on the shell socket *before* QEMU starts (QEMU connects as
-/// a client), so nothing the guest prints on the virtconsole is lost.
+/// The guest shell travels over a socketpair whose one end QEMU inherits
+/// (`-chardev socket,fd=3`), connected before QEMU starts so nothing the
+/// guest prints is lost. QEMU's virtconsole silently *drops* output when that
+/// socket's send buffer is full (it cannot make the guest's console driver
+/// wait), so Vouch raises QEMU's send buffer to `shellSendBuffer`: output is
+/// lost only if Vouch's reader is starved for seconds.
 final class QEMUBackend: Backend {
     let kind = "qemu"
     let context: MachineContext
@@ -23,6 +27,9 @@ final class QEMUBackend: Backend {
         var pumps: [Task<Void, Never>] = []
         var stopped = false
     }
+
+    /// Send buffer for QEMU's end of the shell socket (see the type's documentation).
+    static let shellSendBuffer: Int32 = 64 << 20
 
     private let state = Mutex(State())
     private let stderrText = OutputCollector()
@@ -55,17 +62,29 @@ final class QEMUBackend: Backend {
         let commandLine = QEMUCommandLine(
             config: config, stateDirectory: context.stateDirectory, sharedDirectory: context.sharedDirectory,
             accelerator: accel, overlay: overlay)
-        let listener = try UnixSocket.listen(path: commandLine.shellSocket)
-        defer { close(listener) }
+        let (hostEnd, qemuEnd) = try UnixSocket.pair()
+        defer { close(qemuEnd) }
+        let granted = UnixSocket.growSendBuffer(qemuEnd, to: Self.shellSendBuffer)
+        context.log.debug("guest shell socket send buffer: \(granted / 1024) KiB", machine: name)
+        if granted < Self.shellSendBuffer / 2 {
+            context.log.warning("cannot raise the console socket buffer (not root?): large outputs may be lost if Vouch is starved for CPU", machine: name)
+        }
 
         let args = commandLine.arguments(hostnameParameter: hostnameParameter, hostname: name)
         let process: ChildProcess
-        switch config.boot {
-        case .direct:
-            process = try ChildProcess(config.qemuBinary, args, workingDirectory: context.stateDirectory)
-        case .startScript(let script):
-            let env = commandLine.startScriptEnvironment(base: ProcessInfo.processInfo.environment)
-            process = try ChildProcess(script, args, environment: env, workingDirectory: context.stateDirectory)
+        do {
+            switch config.boot {
+            case .direct:
+                process = try ChildProcess(config.qemuBinary, args, workingDirectory: context.stateDirectory,
+                                           inheritedFD: qemuEnd)
+            case .startScript(let script):
+                let env = commandLine.startScriptEnvironment(base: ProcessInfo.processInfo.environment)
+                process = try ChildProcess(script, args, environment: env, workingDirectory: context.stateDirectory,
+                                           inheritedFD: qemuEnd)
+            }
+        } catch {
+            close(hostEnd)
+            throw error
         }
         let console = context.console
         let collector = stderrText
@@ -85,38 +104,23 @@ final class QEMUBackend: Backend {
         context.log.log("started \(process.executable) (pid \(process.pid))", machine: name)
         context.log.debug("command line: \(process.executable) \(args.joined(separator: " "))", machine: name)
 
-        enum Event: Sendable { case connected(Int32), exited(ExitStatus) }
-        let event: Event
-        do {
-            event = try await withDeadline(seconds: 30) {
-                try await withThrowingTaskGroup(of: Event.self) { group in
-                    group.addTask { .connected(try await UnixSocket.accept(listener)) }
-                    group.addTask { .exited(try await process.waitForExit()) }
-                    defer { group.cancelAll() }
-                    return try await group.next()!
-                }
-            }
-        } catch is DeadlineExceeded {
-            throw VouchError(.bootFailed, "QEMU did not connect to the shell socket within 30 s", machine: name,
-                             outputTail: tail(collector.text))
-        }
-        let shellFD: Int32
-        switch event {
-        case .exited(let status):
-            try? await Task.sleep(for: .milliseconds(50))
-            throw VouchError(.bootFailed, "QEMU exited (\(status)) before the guest started", machine: name,
-                             outputTail: tail(collector.text))
-        case .connected(let fd):
-            shellFD = fd
-        }
-        context.log.debug("QEMU connected to the shell socket", machine: name)
-        let writeFD = dup(shellFD)
-        let reader = FDReader(fd: shellFD, name: "shell-\(name)")
+        let writeFD = dup(hostEnd)
+        let reader = FDReader(fd: hostEnd, name: "shell-\(name)")
         state.withLock { s in
             s.shellReader = reader
             s.shellWriteFD = writeFD
         }
-        let qmp = try await QMPClient.connect(path: commandLine.qmpSocket, machine: name)
+        let qmp: QMPClient
+        do {
+            qmp = try await QMPClient.connect(path: commandLine.qmpSocket, machine: name, whileRunning: process)
+        } catch {
+            if let status = process.exitStatus {
+                try? await Task.sleep(for: .milliseconds(50))
+                throw VouchError(.bootFailed, "QEMU exited (\(status)) before the guest started", machine: name,
+                                 outputTail: tail(collector.text))
+            }
+            throw error
+        }
         state.withLock { $0.qmp = qmp }
         context.log.debug("QMP ready", machine: name)
         return GuestChannel(input: reader.queue, send: { try writeAll(fd: writeFD, $0) }, close: { reader.shutdownSocket() })
@@ -125,6 +129,8 @@ final class QEMUBackend: Backend {
     /// The qcow2 overlay that takes every write, so the image stays pristine.
     private func makeOverlay(over disk: String) async throws -> String {
         let overlay = context.stateDirectory + "/root.qcow2"
+        // A machine started again after a crash or shutdown keeps its disk.
+        if FileManager.default.fileExists(atPath: overlay) { return overlay }
         let process = try ChildProcess("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", disk, overlay])
         let output = OutputCollector()
         async let err: Void = output.drain(process.stderr!.queue)

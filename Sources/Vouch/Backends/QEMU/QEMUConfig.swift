@@ -44,7 +44,9 @@ struct QEMUCommandLine {
     let overlay: String?
 
     var qmpSocket: String { stateDirectory + "/qmp" }
-    var shellSocket: String { stateDirectory + "/shell" }
+
+    /// The fd QEMU inherits as its end of the guest shell socket.
+    static let shellFD = 3
 
     /// The devices Vouch needs in any guest: the backdoor console, QMP,
     /// serial to stdout, an RNG, and the shared directory.
@@ -52,7 +54,7 @@ struct QEMUCommandLine {
         let mmio = config.board == .microvm
         var args = [
             "-qmp", "unix:\(qmpSocket),server=on,wait=off",
-            "-chardev", "socket,id=shell,path=\(shellSocket)",
+            "-chardev", "socket,id=shell,fd=\(Self.shellFD)",
             "-device", mmio ? "virtio-serial-device" : "virtio-serial",
             "-device", "virtconsole,chardev=shell",
             "-device", mmio ? "virtio-rng-device" : "virtio-rng-pci",
