@@ -107,7 +107,9 @@ func tail(_ text: String, lines: Int = 20, maxBytes: Int = 4000) -> String {
     }
     let all = trimmed.split(separator: "\n", omittingEmptySubsequences: false)
     let kept = all.suffix(lines + (all.last == "" ? 1 : 0))
-    return kept.joined(separator: "\n").trimmingTrailingNewlines()
+    // One very long line (e.g. binary output) must not bury the message.
+    let shortened = kept.map { $0.count > 300 ? $0.prefix(150) + " … " + $0.suffix(100) : $0 }
+    return shortened.joined(separator: "\n").trimmingTrailingNewlines()
 }
 
 extension String {
