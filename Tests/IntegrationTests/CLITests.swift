@@ -70,7 +70,7 @@ struct CLITests {
     @Test func globalTimeoutExits143AndTearsDown() async throws {
         let spec = try write("one.json", #"{"machines": {"machine": {"image": "minimal"}}}"#)
         let script = try write("hang.swift", "try await machine.succeed(\"true\")\ntry await Task.sleep(for: .seconds(3600))\n")
-        let (status, output) = try await runCLI(["run", spec, "--script", script, "-o", dir.appendingPathComponent("out-t").path, "--global-timeout", "60"])
+        let (status, output) = try await runCLI(["run", spec, "--script", script, "-o", dir.appendingPathComponent("out-t").path, "--global-timeout", "20"])
         #expect(status == 143)
         #expect(output.contains("timeout reached; test terminating..."))
         #expect(output.contains("finished: tearing down"))

@@ -16,7 +16,9 @@ struct FaultTests {
             #expect(error?.kind == .machineDown)
             #expect(error?.machine == "machine")
             #expect(error?.command?.contains("sysrq-trigger") == true)
-            #expect(error?.outputTail?.contains("Kernel panic") == true, "console tail: \(error?.outputTail ?? "")")
+            #expect(error?.message.contains("the guest kernel panicked: Kernel panic - not syncing: sysrq triggered crash") == true,
+                    "message: \(error?.message ?? "")")
+            #expect(error?.outputTail?.isEmpty == false, "the error should carry the console tail")
             let up = await m.isUp()
             #expect(up == false)
         }

@@ -162,7 +162,7 @@ struct MachineAPITests {
         }
         #expect(run.outcome == .passed)
         let cases = run.driver.junit.all
-        #expect(cases.count == 12)
+        #expect(cases.count == 11)
         #expect(cases.allSatisfy { $0.failure == nil })
     }
 }

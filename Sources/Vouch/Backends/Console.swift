@@ -54,6 +54,16 @@ final class Console: Sendable {
     /// The last `lines` lines.
     func tail(lines: Int = 20) -> String { Vouch.tail(text, lines: lines) }
 
+    /// The last kernel panic line the guest printed, if any (e.g.
+    /// `Kernel panic - not syncing: VFS: Unable to mount root fs`).
+    var panicLine: String? {
+        text.split(separator: "\n").last { $0.contains("Kernel panic - not syncing") }
+            .map { line in
+                let s = String(line)
+                return s.range(of: "Kernel panic").map { String(s[$0.lowerBound...]) } ?? s
+            }
+    }
+
     /// The length of the text so far, to search only what comes after it.
     var mark: Int { state.withLock { $0.text.utf8.count } }
 

@@ -101,7 +101,8 @@ public actor Machine {
                              machine: name, outputTail: consoleTail)
         } catch let error as VouchError where error.kind == .machineDown {
             let status = try? await withDeadline(seconds: 2) { try await backend.waitForExit() }
-            throw VouchError(.bootFailed, "the guest went away during \(what)" + (status.map { " (\(backend.kind) \($0))" } ?? ""),
+            let panic = console.panicLine.map { "; the guest kernel panicked: \($0)" } ?? ""
+            throw VouchError(.bootFailed, "the guest went away during \(what)" + (status.map { " (\(backend.kind) \($0))" } ?? "") + panic,
                              machine: name, outputTail: console.tail(lines: 30))
         }
     }
@@ -267,6 +268,7 @@ public actor Machine {
             let status = try? await withDeadline(seconds: 2) { try await backend.waitForExit() }
             error.message = "the machine went away while running a command"
                 + (status.map { " (\(backend.kind) \($0))" } ?? "")
+            if let panic = console.panicLine { error.message += "; the guest kernel panicked: \(panic)" }
         }
         error.command = command
         error.outputTail = console.tail(lines: 25)
