@@ -76,7 +76,8 @@ struct CLITests {
         #expect(output.contains("finished: tearing down"))
     }
 
-    @Test func sigintDuringBootTearsEverythingDown() async throws {
+    @Test(arguments: [SIGINT, SIGTERM])
+    func signalDuringBootTearsEverythingDown(signal: Int32) async throws {
         let spec = try write("two.json", #"{"machines": {"a": {"image": "minimal"}, "b": {"image": "systemd"}}}"#)
         let out = dir.appendingPathComponent("out-int")
         let process = try ChildProcess(vouchBinary, ["run", spec, "-o", out.path])
@@ -91,7 +92,7 @@ struct CLITests {
         }
         let marker = "/vouch-\(process.pid)-"
         #expect(processes(mentioning: marker).count == 2, "both QEMUs should be running")
-        kill(process.pid, SIGINT)
+        kill(process.pid, signal)
         let status = try await withDeadline(seconds: 30) { try await process.waitForExit() }
         _ = await (a, b)
         #expect(status == .exited(130), "\(output.text)")

@@ -49,8 +49,11 @@ struct MachineAPITests {
             try await subtest("binary-safe output") {
                 let r = try await client.execute("printf 'a\\000b\\377\\036VOUCH:fake:0\\n'; printf tail")
                 #expect(r.output == [0x61, 0, 0x62, 0xFF, 0x1E] + Array("VOUCH:fake:0\ntail".utf8))
-                let big = try await server.execute("head -c 20000000 /dev/zero | tr '\\0' x")
-                #expect(big.output.count == 20_000_000)
+                let big = try await server.execute("head -c 50000000 /dev/zero | tr '\\0' x")
+                #expect(big.output.count == 50_000_000)
+                #expect(big.output.allSatisfy { $0 == UInt8(ascii: "x") })
+                let nul = await #expect(throws: VouchError.self) { try await client.execute("echo a\u{0}b") }
+                #expect(nul?.message.contains("NUL") == true)
             }
 
             try await subtest("a command that never returns hits its deadline; the shell stays usable") {
@@ -89,6 +92,11 @@ struct MachineAPITests {
                 try await server.startJob("nginx.service")
                 try await server.waitForOpenPort(80, timeout: 60)
                 try await server.waitForOpenUnixSocket("/run/systemd/private", timeout: 30)
+                // A wait that times out says what it last saw, with the failed units and the journal tail.
+                let closed = await #expect(throws: VouchError.self) { try await server.waitForOpenPort(8081, timeout: 3) }
+                #expect(closed?.kind == .timeout)
+                #expect(closed?.outputTail?.contains("failed units:") == true, "\(closed?.outputTail ?? "")")
+                #expect(closed?.outputTail?.contains("last 30 journal lines:") == true)
                 let v9 = try await server.journal(unit: "nginx.service", lines: 5).contains("nginx")
                 #expect(v9)
 

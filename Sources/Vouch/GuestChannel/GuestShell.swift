@@ -60,6 +60,10 @@ actor GuestShell {
         if let lost {
             throw VouchError(.protocolError, "the guest shell is unusable: \(lost)", machine: machine, command: command)
         }
+        guard !command.utf8.contains(0) else {
+            // bash would silently cut the command at the NUL.
+            throw VouchError(.other, "a command cannot contain a NUL byte", machine: machine, command: command)
+        }
         let nonce = nextNonce()
         defer { answered = nil }
         try send(ShellFraming.commandLine(command, nonce: nonce))
@@ -139,7 +143,14 @@ actor GuestShell {
 
     /// Appends the next chunk from the guest to `buffer`.
     private func receive() async throws {
-        guard let chunk = try await channel.input.next() else {
+        let chunk: [UInt8]?
+        do {
+            chunk = try await channel.input.next()
+        } catch let error as SystemError {
+            throw VouchError(.machineDown, "reading the guest shell failed: \(error)", machine: machine,
+                             outputTail: tail(String(decoding: buffer.suffix(4000), as: UTF8.self)))
+        }
+        guard let chunk else {
             throw VouchError(.machineDown, "the guest shell connection closed", machine: machine,
                              outputTail: tail(String(decoding: buffer.suffix(4000), as: UTF8.self)))
         }
@@ -225,5 +236,6 @@ func firstRange(of needle: [UInt8], in haystack: [UInt8]) -> Range<Int>? {
 }
 
 func formatSeconds(_ s: Double) -> String {
-    s == s.rounded() ? "\(Int(s)) s" : String(format: "%.1f s", s)
+    if s == s.rounded() { return "\(Int(s)) s" }
+    return String(format: s < 0.1 ? "%.2f s" : "%.1f s", s)
 }

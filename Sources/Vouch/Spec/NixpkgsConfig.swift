@@ -34,7 +34,11 @@ public struct NixpkgsConfig: Sendable {
                 guard let script = try vm.string("start_script") else {
                     throw TestSpec.invalid("config.vms.\(key).start_script is missing")
                 }
-                var m = MachineSpec(name: try vm.string("name") ?? key)
+                let name = try vm.string("name") ?? key
+                guard !name.isEmpty, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
+                    throw TestSpec.invalid("config.vms.\(key).name: '\(name)' may only contain letters, digits, '-' and '_'")
+                }
+                var m = MachineSpec(name: name)
                 m.startScript = script
                 m.board = .pc
                 machines.append(m)
