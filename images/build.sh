@@ -28,7 +28,7 @@ readonly SCRIPT_PATH IMAGES_DIR REPO_ROOT GUEST_DIR OUT_ROOT
 # Packages of the systemd guest, on top of debootstrap's minbase.
 readonly SYSTEMD_PACKAGES=(
     systemd systemd-sysv udev dbus iproute2 iputils-ping procps kmod
-    nginx-light curl netcat-openbsd less ca-certificates
+    nginx-light curl netcat-openbsd less ca-certificates libpam-systemd
 )
 
 # Modules the guests insmod from their initramfs; build.sh adds their

@@ -100,6 +100,11 @@ struct MachineAPITests {
                 let v9 = try await server.journal(unit: "nginx.service", lines: 5).contains("nginx")
                 #expect(v9)
 
+                // A user's own systemd instance.
+                try await server.succeed("useradd -m alice && loginctl enable-linger alice")
+                try await server.waitForUnit("default.target", user: "alice", timeout: 120)
+                let userState = try await server.systemctl("is-active default.target", user: "alice")
+                #expect(userState.text == "active\n")
                 // A unit that fails: waitForUnit gives up at once with the unit's journal.
                 try await server.succeed("systemd-run --unit=doomed --property=Restart=no sh -c 'echo doomed-unit-ran; exit 1'")
                 let failed = await #expect(throws: VouchError.self) { try await server.waitForUnit("doomed.service", timeout: 120) }
