@@ -23,6 +23,10 @@ protocol Backend: AnyObject, Sendable {
     /// - Throws: `VouchError.unsupported` or a control-channel error.
     func allowReboot(_ allowed: Bool) async throws
 
+    /// Cuts (`up == false`) or restores every network link of the machine.
+    /// - Throws: `VouchError.unsupported` where the backend cannot.
+    func setLinks(up: Bool) async throws
+
     /// Stops the guest abruptly, like pulling the power cord.
     /// - Throws: a control-channel error; the process is gone either way.
     func crash() async throws
@@ -45,4 +49,19 @@ struct MachineContext: Sendable {
     let sharedDirectory: String
     let log: TestLog
     let console: Console
+    /// The machine's network cards and addressing, or nil without a network.
+    var network: MachineNetwork? = nil
+}
+
+/// A machine's network cards, each attached to its VLAN's switch.
+struct MachineNetwork: Sendable {
+    struct Attachment: Sendable {
+        let nic: NetworkPlan.NIC
+        /// The VLAN switch's socket directory.
+        let switchDirectory: String
+    }
+
+    let attachments: [Attachment]
+    /// Addressing for guests Vouch builds (`vouch.ip=`, `vouch.hosts=`).
+    let kernelParameters: String
 }

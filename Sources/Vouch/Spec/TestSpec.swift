@@ -77,6 +77,8 @@ public struct MachineSpec: Sendable {
     public var accelerator: Accelerator.Choice = .auto
     /// Seconds from start until the backdoor shell must answer.
     public var bootTimeout: Double = 300
+    /// The VLANs the machine has a network card on (nixpkgs' default: VLAN 1).
+    public var vlans: [Int] = [1]
 
     public init(name: String) {
         self.name = name
@@ -91,7 +93,7 @@ public struct MachineSpec: Sendable {
         }
         let o = try SpecObject(json, path: path)
         try o.allow(["backend", "image", "kernel", "initrd", "disk", "cmdline", "startScript", "memory", "cpus",
-                     "qemuArgs", "board", "accel", "bootTimeout"])
+                     "qemuArgs", "board", "accel", "bootTimeout", "vlans"])
         var m = MachineSpec(name: name)
         m.backend = try o.string("backend") ?? "qemu"
         guard backends.contains(m.backend) else {
@@ -107,6 +109,15 @@ public struct MachineSpec: Sendable {
         m.cpus = try o.int("cpus") ?? 1
         m.qemuArgs = try o.strings("qemuArgs") ?? []
         m.bootTimeout = try o.number("bootTimeout") ?? 300
+        if let vlans = o.value("vlans") {
+            guard let list = vlans.arrayValue, list.allSatisfy({ $0.intValue != nil }) else {
+                throw TestSpec.invalid("\(path).vlans must be an array of VLAN numbers")
+            }
+            m.vlans = list.compactMap(\.intValue)
+            guard m.vlans.allSatisfy({ (1...255).contains($0) }) else {
+                throw TestSpec.invalid("\(path).vlans: VLAN numbers must be within 1...255")
+            }
+        }
         if let b = try o.string("board") {
             guard let board = QEMUConfig.Board(rawValue: b) else {
                 throw TestSpec.invalid("\(path).board: unknown board '\(b)' (microvm or pc)")

@@ -55,25 +55,38 @@ public final class Driver: Sendable {
     public let machines: [Machine]
     /// This run's private directory (0700): machine state, sockets, shared dir.
     public let runDirectory: String
+    /// Node numbers, MACs and addresses of every machine.
+    public let network: NetworkPlan
+    private let switches = Mutex<[VDESwitch]>([])
 
     /// Validates `spec` and prepares the run; boots nothing.
     /// - Throws: `VouchError.invalidSpec` / `.missingImage` before anything is started.
     public init(spec: TestSpec, options: RunOptions) throws {
         let plans = try spec.machines.map { try BackendFactory.plan(for: $0, accelerator: options.accelerator) }
+        let network = try NetworkPlan(machines: spec.machines.map { ($0.name, $0.vlans) })
         let fm = FileManager.default
         try fm.createDirectory(at: options.outputDirectory, withIntermediateDirectories: true)
         self.spec = spec
         self.options = options
         self.log = TestLog(file: options.outputDirectory.appendingPathComponent("vouch.log"), quiet: options.quiet)
         self.junit = JUnitReport(suiteName: spec.name)
-        self.runDirectory = try Driver.makeRunDirectory()
+        self.network = network
+        let runDirectory = try Driver.makeRunDirectory()
+        self.runDirectory = runDirectory
         let shared = runDirectory + "/shared-xchg"
         try fm.createDirectory(atPath: shared, withIntermediateDirectories: true)
         var machines: [Machine] = []
         for (m, plan) in zip(spec.machines, plans) {
-            let context = MachineContext(
+            var context = MachineContext(
                 name: m.name, stateDirectory: runDirectory + "/vm-state-\(m.name)", sharedDirectory: shared,
                 log: log, console: Console(machine: m.name, log: log))
+            if let node = network.node(m.name), !node.nics.isEmpty {
+                let attachments = node.nics.map {
+                    MachineNetwork.Attachment(
+                        nic: $0, switchDirectory: VDESwitch.socketDirectory(vlan: $0.vlan, runDirectory: runDirectory))
+                }
+                context.network = MachineNetwork(attachments: attachments, kernelParameters: network.kernelParameters(for: m.name))
+            }
             machines.append(Machine(context: context, outputDirectory: options.outputDirectory,
                                     bootTimeout: m.bootTimeout, readyUnit: plan.readyUnit, makeBackend: plan.make))
         }
@@ -129,6 +142,7 @@ public final class Driver: Sendable {
         let outcome: RunOutcome = await Driver.$current.withValue(self) {
             do {
                 try await withDeadline(seconds: timeout) {
+                    try await self.startVLANs()
                     try await Driver.$current.withValue(self) { try await script(self) }
                 }
                 return .passed
@@ -173,6 +187,20 @@ public final class Driver: Sendable {
         }
     }
 
+    /// Starts one switch per VLAN, concurrently.
+    private func startVLANs() async throws {
+        let vlans = network.vlans
+        guard !vlans.isEmpty else { return }
+        try await log.nested("start VLANs \(vlans.map(String.init).joined(separator: ", "))") {
+            try await withThrowingTaskGroup(of: VDESwitch.self) { group in
+                for vlan in vlans {
+                    group.addTask { try await VDESwitch.start(vlan: vlan, runDirectory: self.runDirectory, log: self.log) }
+                }
+                for try await started in group { switches.withLock { $0.append(started) } }
+            }
+        }
+    }
+
     /// Stops every machine and removes the run directory (unless `-K`).
     /// Runs in a fresh task so that a cancelled run still tears down fully.
     public func teardown() async {
@@ -180,10 +208,14 @@ public final class Driver: Sendable {
         let keep = options.keepState
         let log = self.log
         let runDirectory = self.runDirectory
-        await Task.detached {
+        await Task.detached { [self] in
             await log.nested("tearing down") {
                 await withTaskGroup(of: Void.self) { group in
                     for m in machines { group.addTask { await m.release(keepState: keep) } }
+                }
+                let switches = self.switches.withLock { s in defer { s.removeAll() }; return s }
+                await withTaskGroup(of: Void.self) { group in
+                    for s in switches { group.addTask { await s.stop() } }
                 }
                 if keep {
                     log.log("kept machine state in \(runDirectory)")

@@ -172,6 +172,24 @@ public actor Machine {
         booted && backend?.exitStatus == nil
     }
 
+    /// Cuts every network link of the machine: other machines see it vanish.
+    /// - Throws: `VouchError.unsupported` where the backend cannot.
+    public func block() async throws {
+        try await start()
+        guard let backend else { return }
+        log.log("blocking the network links", machine: name)
+        try await backend.setLinks(up: false)
+    }
+
+    /// Restores the links `block()` cut.
+    /// - Throws: `VouchError.unsupported` where the backend cannot.
+    public func unblock() async throws {
+        try await start()
+        guard let backend else { return }
+        log.log("unblocking the network links", machine: name)
+        try await backend.setLinks(up: true)
+    }
+
     /// Sends a key combination to the guest, e.g. `sendKey("ctrl-alt-delete")`.
     /// - Throws: `VouchError.unsupported` where the backend has no keyboard.
     public func sendKey(_ combination: String) async throws {

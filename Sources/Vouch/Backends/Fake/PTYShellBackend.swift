@@ -164,6 +164,10 @@ final class PTYShellBackend: Backend {
         _ = try? await withDeadline(seconds: 5) { try await process.waitForExit() }
     }
 
+    func setLinks(up: Bool) async throws {
+        throw VouchError(.unsupported, "the pty fake has no network links", machine: context.name)
+    }
+
     func sendKeys(_ keys: [String]) async throws {
         throw VouchError(.unsupported, "the pty fake backend has no keyboard (send-key \(keys.joined(separator: "-")))",
                          machine: context.name)

@@ -61,7 +61,7 @@ final class QEMUBackend: Backend {
         }
         let commandLine = QEMUCommandLine(
             config: config, stateDirectory: context.stateDirectory, sharedDirectory: context.sharedDirectory,
-            accelerator: accel, overlay: overlay)
+            accelerator: accel, overlay: overlay, network: context.network)
         let (hostEnd, qemuEnd) = try UnixSocket.pair()
         defer { close(qemuEnd) }
         let granted = UnixSocket.growSendBuffer(qemuEnd, to: Self.shellSendBuffer)
@@ -156,6 +156,13 @@ final class QEMUBackend: Backend {
 
     func allowReboot(_ allowed: Bool) async throws {
         try await qmp().execute("set-action", ["reboot": .string(allowed ? "reset" : "shutdown")])
+    }
+
+    func setLinks(up: Bool) async throws {
+        let qmp = try qmp()
+        for attachment in context.network?.attachments ?? [] {
+            try await qmp.execute("set_link", ["name": .string(attachment.nic.netdev), "up": .bool(up)])
+        }
     }
 
     func crash() async throws {

@@ -42,6 +42,8 @@ struct QEMUCommandLine {
     let accelerator: Accelerator.Kind
     /// The copy-on-write overlay over the root disk, if there is one.
     let overlay: String?
+    /// Network cards to add, or nil.
+    var network: MachineNetwork? = nil
 
     var qmpSocket: String { stateDirectory + "/qmp" }
 
@@ -63,6 +65,12 @@ struct QEMUCommandLine {
             "-display", "none",
         ]
         if case .direct = config.boot {
+            for a in network?.attachments ?? [] {
+                args += [
+                    "-device", (mmio ? "virtio-net-device" : "virtio-net-pci") + ",netdev=\(a.nic.netdev),mac=\(a.nic.mac)",
+                    "-netdev", "vde,id=\(a.nic.netdev),sock=\(a.switchDirectory)",
+                ]
+            }
             args += [
                 "-fsdev", "local,id=shared,path=\(sharedDirectory),security_model=none",
                 "-device", (mmio ? "virtio-9p-device" : "virtio-9p-pci") + ",fsdev=shared,mount_tag=shared",
@@ -92,6 +100,7 @@ struct QEMUCommandLine {
             if let initrd { args += ["-initrd", initrd] }
             var append = cmdline
             append += " \(hostnameParameter)=\(hostname) panic=-1"
+            if let params = network?.kernelParameters, !params.isEmpty { append += " " + params }
             if accelerator == .tcg, let khz = HostTiming.tscKHz { append += " tsc_early_khz=\(khz)" }
             if !config.extraCmdline.isEmpty { append += " " + config.extraCmdline }
             args += ["-append", append]
@@ -111,6 +120,10 @@ struct QEMUCommandLine {
         env["TMPDIR"] = stateDirectory
         env["USE_TMPDIR"] = "1"
         env["SHARED_DIR"] = sharedDirectory
+        // nixpkgs start scripts add their own NICs from these.
+        for a in network?.attachments ?? [] {
+            env["QEMU_VDE_SOCKET_\(a.nic.vlan)"] = a.switchDirectory
+        }
         if accelerator == .tcg, let khz = HostTiming.tscKHz {
             env["QEMU_KERNEL_PARAMS"] = [base["QEMU_KERNEL_PARAMS"], "tsc_early_khz=\(khz)"]
                 .compactMap { $0 }.joined(separator: " ")
