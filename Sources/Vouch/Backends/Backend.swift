@@ -27,6 +27,10 @@ protocol Backend: AnyObject, Sendable {
     /// - Throws: `VouchError.unsupported` where the backend cannot.
     func setLinks(up: Bool) async throws
 
+    /// Makes `hostPort` on the host's loopback reach `guestPort` in the guest.
+    /// - Throws: `VouchError.unsupported` where the backend cannot.
+    func forwardPort(hostPort: Int, guestPort: Int) async throws
+
     /// Stops the guest abruptly, like pulling the power cord.
     /// - Throws: a control-channel error; the process is gone either way.
     func crash() async throws
@@ -64,4 +68,6 @@ struct MachineNetwork: Sendable {
     let attachments: [Attachment]
     /// Addressing for guests Vouch builds (`vouch.ip=`, `vouch.hosts=`).
     let kernelParameters: String
+    /// MAC of the user-mode card that `forwardPort` uses (direct boot only).
+    let forwardingMAC: String
 }

@@ -45,23 +45,33 @@ public struct NetworkPlan: Sendable, Equatable {
     }
 
     static func mac(vlan: Int, node: Int) -> String {
-        func hex(_ x: Int) -> String { (x < 16 ? "0" : "") + String(x, radix: 16) }
-        return "52:54:00:12:\(hex(vlan)):\(hex(node))"
+        "52:54:00:12:\(hex(vlan)):\(hex(node))"
     }
+
+    /// The MAC of a node's port-forwarding card (QEMU user networking,
+    /// isolated from the host's network; only `forwardPort` reaches it).
+    static func forwardingMAC(node: Int) -> String { "52:54:00:ff:00:\(hex(node))" }
+
+    /// The guest address of the port-forwarding card (QEMU's user-mode default).
+    static let forwardingAddress = "10.0.2.15"
 
     /// The node called `name`.
     public func node(_ name: String) -> Node? { nodes.first { $0.name == name } }
 
     /// Kernel parameters for the guests Vouch builds: which address goes on
     /// which NIC (by MAC), and every node's first address for /etc/hosts.
-    public func kernelParameters(for name: String) -> String {
+    public func kernelParameters(for name: String, forwarding: Bool = false) -> String {
         guard let node = node(name) else { return "" }
         var params: [String] = []
-        if !node.nics.isEmpty {
-            params.append("vouch.ip=" + node.nics.map { "\($0.mac)@\($0.ipv4)/24@\($0.ipv6)/64" }.joined(separator: ","))
+        var addresses = node.nics.map { "\($0.mac)@\($0.ipv4)/24@\($0.ipv6)/64" }
+        if forwarding {
+            addresses.append("\(Self.forwardingMAC(node: node.number))@\(Self.forwardingAddress)/24@fec0::15/64")
         }
+        if !addresses.isEmpty { params.append("vouch.ip=" + addresses.joined(separator: ",")) }
         let hosts = nodes.compactMap { n in n.nics.first.map { "\(n.name)@\($0.ipv4)@\($0.ipv6)" } }
         if !hosts.isEmpty { params.append("vouch.hosts=" + hosts.joined(separator: ",")) }
         return params.joined(separator: " ")
     }
 }
+
+private func hex(_ x: Int) -> String { (x < 16 ? "0" : "") + String(x, radix: 16) }

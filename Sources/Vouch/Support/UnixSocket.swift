@@ -73,6 +73,26 @@ enum UnixSocket {
         }
     }
 
+    /// A TCP port on 127.0.0.1 that is free right now (the kernel picks it).
+    /// - Throws: `SystemError`.
+    static func freeLoopbackPort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw SystemError("socket") }
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0
+            }
+        }
+        guard ok else { throw SystemError("bind 127.0.0.1:0") }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+
     /// A connected pair of stream sockets (both close-on-exec).
     /// - Throws: `SystemError`.
     static func pair() throws -> (Int32, Int32) {

@@ -80,12 +80,14 @@ public final class Driver: Sendable {
             var context = MachineContext(
                 name: m.name, stateDirectory: runDirectory + "/vm-state-\(m.name)", sharedDirectory: shared,
                 log: log, console: Console(machine: m.name, log: log))
-            if let node = network.node(m.name), !node.nics.isEmpty {
+            if let node = network.node(m.name) {
                 let attachments = node.nics.map {
                     MachineNetwork.Attachment(
                         nic: $0, switchDirectory: VDESwitch.socketDirectory(vlan: $0.vlan, runDirectory: runDirectory))
                 }
-                context.network = MachineNetwork(attachments: attachments, kernelParameters: network.kernelParameters(for: m.name))
+                context.network = MachineNetwork(
+                    attachments: attachments, kernelParameters: network.kernelParameters(for: m.name, forwarding: true),
+                    forwardingMAC: NetworkPlan.forwardingMAC(node: node.number))
             }
             machines.append(Machine(context: context, outputDirectory: options.outputDirectory,
                                     bootTimeout: m.bootTimeout, readyUnit: plan.readyUnit, makeBackend: plan.make))

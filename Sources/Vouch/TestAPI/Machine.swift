@@ -190,6 +190,20 @@ public actor Machine {
         try await backend.setLinks(up: true)
     }
 
+    /// Makes a TCP port of the guest reachable from the host, on 127.0.0.1
+    /// only. With `host` nil a free host port is chosen. Returns the host port.
+    /// - Throws: `VouchError.unsupported` for machines Vouch did not boot
+    ///   itself, `.other` if QEMU refuses (e.g. the port is taken).
+    @discardableResult
+    public func forwardPort(host: Int? = nil, guest: Int) async throws -> Int {
+        try await start()
+        guard let backend else { throw VouchError(.machineDown, "not started", machine: name) }
+        let hostPort = try host ?? UnixSocket.freeLoopbackPort()
+        log.log("forwarding 127.0.0.1:\(hostPort) to port \(guest)", machine: name)
+        try await backend.forwardPort(hostPort: hostPort, guestPort: guest)
+        return hostPort
+    }
+
     /// Sends a key combination to the guest, e.g. `sendKey("ctrl-alt-delete")`.
     /// - Throws: `VouchError.unsupported` where the backend has no keyboard.
     public func sendKey(_ combination: String) async throws {

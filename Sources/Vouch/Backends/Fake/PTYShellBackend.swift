@@ -164,6 +164,10 @@ final class PTYShellBackend: Backend {
         _ = try? await withDeadline(seconds: 5) { try await process.waitForExit() }
     }
 
+    func forwardPort(hostPort: Int, guestPort: Int) async throws {
+        throw VouchError(.unsupported, "the pty fake has no network to forward into", machine: context.name)
+    }
+
     func setLinks(up: Bool) async throws {
         throw VouchError(.unsupported, "the pty fake has no network links", machine: context.name)
     }

@@ -158,6 +158,18 @@ final class QEMUBackend: Backend {
         try await qmp().execute("set-action", ["reboot": .string(allowed ? "reset" : "shutdown")])
     }
 
+    func forwardPort(hostPort: Int, guestPort: Int) async throws {
+        guard case .direct = config.boot, context.network != nil else {
+            throw VouchError(.unsupported, "forwardPort needs a machine booted by Vouch (not a start script)", machine: context.name)
+        }
+        let reply = try await qmp().execute(
+            "human-monitor-command", ["command-line": .string("hostfwd_add forward tcp:127.0.0.1:\(hostPort)-:\(guestPort)")])
+        if let text = reply.stringValue, !text.isEmpty {
+            throw VouchError(.other, "QEMU refused the port forward \(hostPort) -> \(guestPort): \(text.trimmingTrailingNewlines())",
+                             machine: context.name)
+        }
+    }
+
     func setLinks(up: Bool) async throws {
         let qmp = try qmp()
         for attachment in context.network?.attachments ?? [] {

@@ -65,6 +65,12 @@ struct QEMUCommandLine {
             "-display", "none",
         ]
         if case .direct = config.boot {
+            if let network {
+                args += [
+                    "-netdev", "user,id=forward,restrict=on",
+                    "-device", (mmio ? "virtio-net-device" : "virtio-net-pci") + ",netdev=forward,mac=\(network.forwardingMAC)",
+                ]
+            }
             for a in network?.attachments ?? [] {
                 args += [
                     "-device", (mmio ? "virtio-net-device" : "virtio-net-pci") + ",netdev=\(a.nic.netdev),mac=\(a.nic.mac)",
