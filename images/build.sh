@@ -352,9 +352,14 @@ build_minimal() {
     install -m 0755 "$GUEST_DIR/minimal/rcS" "$root/etc/init.d/rcS"
     install -m 0755 "$GUEST_DIR/minimal/rcK" "$root/etc/init.d/rcK"
     install -m 0755 "$GUEST_DIR/minimal/backdoor" "$root/usr/libexec/vouch/backdoor"
+    install -m 0755 "$GUEST_DIR/common/network" "$root/usr/libexec/vouch/network"
     printf 'root::0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$root/etc/passwd"
     printf 'root:x:0:\ntty:x:5:\nnogroup:x:65534:\n' > "$root/etc/group"
     printf '127.0.0.1 localhost\n::1 localhost\n' > "$root/etc/hosts"
+    # bash (/dev/tcp/NAME/PORT) resolves through glibc's NSS: files (built
+    # into libc.so.6 since glibc 2.34) and dns; busybox (static glibc) reads
+    # /etc/hosts too.  The network script rewrites /etc/hosts at boot.
+    printf 'passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n' > "$root/etc/nsswitch.conf"
     printf '/bin/sh\n/bin/bash\n' > "$root/etc/shells"
     echo machine > "$root/etc/hostname"
 
@@ -414,14 +419,24 @@ configure_rootfs() {
     # Backdoor, host share, journald/systemd/sysctl settings.
     install -D -m 0755 "$GUEST_DIR/systemd/backdoor" "$r/usr/libexec/vouch/backdoor"
     install -D -m 0755 "$GUEST_DIR/systemd/mount-shared" "$r/usr/libexec/vouch/mount-shared"
+    install -D -m 0755 "$GUEST_DIR/common/network" "$r/usr/libexec/vouch/network"
+    install -D -m 0644 "$GUEST_DIR/systemd/vouch-network.service" "$r/etc/systemd/system/vouch-network.service"
     install -D -m 0644 "$GUEST_DIR/systemd/backdoor.service" "$r/etc/systemd/system/backdoor.service"
     install -D -m 0644 "$GUEST_DIR/systemd/vouch-shared.service" "$r/etc/systemd/system/vouch-shared.service"
     install -D -m 0644 "$GUEST_DIR/systemd/journald.conf" "$r/etc/systemd/journald.conf.d/vouch.conf"
     install -D -m 0644 "$GUEST_DIR/systemd/system.conf" "$r/etc/systemd/system.conf.d/vouch.conf"
     install -D -m 0644 "$GUEST_DIR/systemd/sysctl.conf" "$r/etc/sysctl.d/50-vouch.conf"
-    mkdir -p "$r/etc/systemd/system/multi-user.target.wants" "$r/etc/systemd/system/local-fs.target.wants"
+    mkdir -p "$r/etc/systemd/system/multi-user.target.wants" "$r/etc/systemd/system/local-fs.target.wants" \
+        "$r/etc/systemd/system/sysinit.target.wants" "$r/etc/systemd/system/network-online.target.wants"
     ln -sf ../backdoor.service "$r/etc/systemd/system/multi-user.target.wants/backdoor.service"
     ln -sf ../vouch-shared.service "$r/etc/systemd/system/local-fs.target.wants/vouch-shared.service"
+    ln -sf ../vouch-network.service "$r/etc/systemd/system/sysinit.target.wants/vouch-network.service"
+    ln -sf ../vouch-network.service "$r/etc/systemd/system/network-online.target.wants/vouch-network.service"
+    # Kernel interface names (eth0, eth1, ... as in NixOS test VMs): no
+    # predictable-name .link policy, so udev never renames a NIC the network
+    # script has already brought up (a rename of an up link fails).
+    mkdir -p "$r/etc/systemd/network"
+    ln -sfn /dev/null "$r/etc/systemd/network/99-default.link"
     mkdir -p "$r/tmp/shared"
 
     local masks=("${CONSOLE_MASKS[@]}")
