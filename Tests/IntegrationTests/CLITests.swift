@@ -91,7 +91,9 @@ struct CLITests {
             }
         }
         let marker = "/vouch-\(process.pid)-"
-        #expect(processes(mentioning: marker).count == 2, "both QEMUs should be running")
+        let running = processes(mentioning: marker)
+        #expect(running.filter { $0.contains("qemu-system") }.count == 2, "both QEMUs should be running: \(running)")
+        #expect(running.contains { $0.contains("vde_switch") }, "the VLAN switch should be running: \(running)")
         kill(process.pid, signal)
         let status = try await withDeadline(seconds: 30) { try await process.waitForExit() }
         _ = await (a, b)
