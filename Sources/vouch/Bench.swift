@@ -22,7 +22,11 @@ struct Bench: AsyncParsableCommand {
     @Option(name: .long, help: "Accelerator: auto, kvm or tcg.")
     var accel: String?
 
+    @Flag(help: "Measure startAll of 1, 2 and 4 minimal machines and the ping round trip between two, instead.")
+    var network = false
+
     func run() async throws {
+        if network { return try await runNetwork() }
         var rows: [[String]] = []
         var accelerator = "unknown"
         for image in images.split(separator: ",").map(String.init) {
@@ -74,6 +78,44 @@ struct Bench: AsyncParsableCommand {
         let header = ["guest", "boot→1st cmd", "vouch p50", "vouch p99", "2-step p50", "2-step p99", "speed-up p50"]
         print(table([header] + rows))
         print("accelerator: \(accelerator); \(calls) calls per framing; driver peak RSS: \(peakRSS()) (VmHWM)")
+    }
+
+    /// startAll for 1, 2 and 4 minimal machines on VLAN 1, and ping between two.
+    func runNetwork() async throws {
+        var rows: [[String]] = []
+        for count in [1, 2, 4] {
+            let machines = (1...count).map { i -> MachineSpec in
+                var m = MachineSpec(name: "m\(i)")
+                m.image = "minimal"
+                m.memoryMiB = 256
+                return m
+            }
+            var options = RunOptions(outputDirectory: URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vouch-bench-\(getpid())"))
+            options.quiet = true
+            if let accel { options.accelerator = Accelerator.Choice(rawValue: accel) }
+            let driver: Driver
+            do { driver = try Driver(spec: TestSpec(name: "bench-net", machines: machines), options: options) } catch let error as VouchError { fail(error) }
+            let result = Results()
+            writeStderr("bench: startAll of \(count) minimal machine(s)…\n")
+            let outcome = await driver.run { d in
+                let began = ContinuousClock.now
+                try await d.startAll()
+                result.boot = (ContinuousClock.now - began).seconds
+                if count == 2 {
+                    let out = try await d.machine("m1").succeed("ping -c 20 -i 0.2 -q m2 | tail -1")
+                    // "round-trip min/avg/max = 1.2/3.4/5.6 ms"
+                    let numbers = out.split(separator: "=").last?.split(separator: "/").compactMap { Double($0.trimmingCharacters(in: .whitespaces).split(separator: " ").first ?? "") } ?? []
+                    if numbers.count >= 2 { result.vouch = [numbers[1] / 1000] }
+                }
+            }
+            try? FileManager.default.removeItem(at: options.outputDirectory)
+            guard outcome == .passed else {
+                writeStderr("bench: startAll of \(count) failed: \(outcome)\n")
+                throw ExitCode(1)
+            }
+            rows.append(["\(count)", String(format: "%.2f s", result.boot), result.vouch.first.map(ms) ?? "-"])
+        }
+        print(table([["machines", "startAll", "ping avg (m1→m2, 20 pings)"]] + rows))
     }
 
     final class Results: @unchecked Sendable {
