@@ -5,12 +5,16 @@ import Testing
 
 /// The `vouch` command as users run it: specs, scripts, exit statuses, signals.
 @Suite(.serialized)
-struct CLITests {
+final class CLITests {
     let dir: URL
 
     init() throws {
         dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vouch-cli-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    }
+
+    deinit {
+        try? FileManager.default.removeItem(at: dir)
     }
 
     func write(_ name: String, _ text: String) throws -> String {
@@ -74,6 +78,19 @@ struct CLITests {
         #expect(status == 143)
         #expect(output.contains("timeout reached; test terminating..."))
         #expect(output.contains("finished: tearing down"))
+    }
+
+    @Test func closedOutputPipeStillTearsDown() async throws {
+        let spec = try write("one.json", #"{"machines": {"machine": {"image": "minimal"}}}"#)
+        let before = runDirectories()
+        let bash = try ChildProcess("bash", ["-c", "set -o pipefail; '\(vouchBinary)' run '\(spec)' -o '\(dir.path)/out-pipe' 2>&1 | head -1 >/dev/null; echo ${PIPESTATUS[0]}"])
+        let output = OutputCollector()
+        async let a: Void = output.drain(bash.stdout!.queue)
+        async let b: Void = output.drain(bash.stderr!.queue)
+        _ = try await withDeadline(seconds: 300) { try await bash.waitForExit() }
+        _ = await (a, b)
+        #expect(output.text.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "vouch's exit status: \(output.text)")
+        #expect(runDirectories() == before, "the run directory must be removed even though stderr was closed")
     }
 
     @Test(arguments: [SIGINT, SIGTERM])

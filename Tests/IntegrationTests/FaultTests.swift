@@ -85,5 +85,6 @@ struct FaultTests {
 /// Vouch run directories under /tmp right now.
 func runDirectories() -> Set<String> {
     let base = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
-    return Set((try? FileManager.default.contentsOfDirectory(atPath: base))?.filter { $0.hasPrefix("vouch-") && !$0.hasPrefix("vouch-it-") } ?? [])
+    let pattern = /^vouch-[0-9]+-[A-Za-z0-9]{6}$/
+    return Set((try? FileManager.default.contentsOfDirectory(atPath: base))?.filter { $0.wholeMatch(of: pattern) != nil } ?? [])
 }

@@ -139,6 +139,9 @@ public final class Driver: Sendable {
     /// Runs `script` under the global timeout, then tears down.
     /// Never throws: the outcome says how it ended, and is logged.
     public func run(_ script: @escaping @Sendable (Driver) async throws -> Void) async -> RunOutcome {
+        // A reader of our output going away (`vouch run | head`) must not kill
+        // the driver before teardown: writes then fail and are dropped instead.
+        signal(SIGPIPE, SIG_IGN)
         let timeout = options.globalTimeout ?? spec.globalTimeout
         let began = ContinuousClock.now
         let outcome: RunOutcome = await Driver.$current.withValue(self) {
