@@ -61,8 +61,7 @@ struct Bench: AsyncParsableCommand {
                 }
                 try await m.shutdown()
             }
-            let log = (try? String(contentsOf: options.outputDirectory.appendingPathComponent("vouch.log"), encoding: .utf8)) ?? ""
-            accelerator = log.contains("using TCG") ? "TCG" : "KVM"
+            accelerator = Accelerator.lastResolved?.rawValue.uppercased() ?? "unknown"
             try? FileManager.default.removeItem(at: options.outputDirectory)
             guard outcome == .passed else {
                 writeStderr("bench: \(image) failed: \(outcome)\n")

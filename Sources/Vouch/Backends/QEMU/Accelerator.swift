@@ -22,6 +22,12 @@ public enum Accelerator {
     /// Resolves `choice` (overridden by `$VOUCH_ACCEL`) to an accelerator and
     /// the reason it was chosen.
     static func resolve(_ choice: Choice, probeKernel: String?, qemu: String) async -> (Kind, String) {
+        let (kind, reason) = await decide(choice, probeKernel: probeKernel, qemu: qemu)
+        last.withLock { $0 = kind }
+        return (kind, reason)
+    }
+
+    private static func decide(_ choice: Choice, probeKernel: String?, qemu: String) async -> (Kind, String) {
         var choice = choice
         if let env = ProcessInfo.processInfo.environment["VOUCH_ACCEL"], let c = Choice(rawValue: env) {
             choice = c
@@ -51,6 +57,10 @@ public enum Accelerator {
     }
 
     private static let announced = Mutex(false)
+    private static let last = Mutex<Kind?>(nil)
+
+    /// The accelerator the most recent machine in this process got, if any.
+    public static var lastResolved: Kind? { last.withLock { $0 } }
 
     /// True the first time it is called in a process: the choice is logged once per run.
     static func firstAnnouncement() -> Bool {
