@@ -68,12 +68,9 @@ let vouchBinary = packageRoot.appendingPathComponent(".build/debug/vouch").path
 
 /// Runs the CLI and returns its exit status and combined output.
 func runCLI(_ args: [String], environment: [String: String]? = nil, timeout: Double = 600) async throws -> (status: Int32, output: String) {
-    let process = try ChildProcess(vouchBinary, args, environment: environment)
-    let output = OutputCollector()
-    async let a: Void = output.drain(process.stdout!.queue)
-    async let b: Void = output.drain(process.stderr!.queue)
-    let status = try await withDeadline(seconds: timeout) { try await process.waitForExit() }
-    _ = await (a, b)
-    guard case .exited(let code) = status else { return (-1, output.text) }
-    return (code, output.text)
+    let (status, output) = try await withDeadline(seconds: timeout) {
+        try await ChildProcess.run(vouchBinary, args, environment: environment)
+    }
+    guard case .exited(let code) = status else { return (-1, output) }
+    return (code, output)
 }

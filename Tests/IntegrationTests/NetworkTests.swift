@@ -109,11 +109,5 @@ actor AsyncFlag {
 
 /// Fetches `url` with the host's curl.
 func hostCurl(_ url: String) async throws -> String {
-    let process = try ChildProcess("curl", ["-sf", "-m", "20", url])
-    let output = OutputCollector()
-    async let a: Void = output.drain(process.stdout!.queue)
-    async let b: Void = output.drain(process.stderr!.queue)
-    _ = try await process.waitForExit()
-    _ = await (a, b)
-    return output.text
+    try await ChildProcess.run("curl", ["-sf", "-m", "20", url]).output
 }

@@ -80,14 +80,9 @@ public struct ScriptCompiler: Sendable {
             "-o", partial.path, sourceFile.path,
         ]
         if let map = library.cModuleMap { args += ["-Xcc", "-fmodule-map-file=\(map)"] }
-        let process = try ChildProcess(swiftc, args, workingDirectory: work.path)
-        let out = OutputCollector()
-        async let a: Void = out.drain(process.stdout!.queue)
-        async let b: Void = out.drain(process.stderr!.queue)
-        let status = try await process.waitForExit()
-        _ = await (a, b)
+        let (status, compilerOutput) = try await ChildProcess.run(swiftc, args, workingDirectory: work.path)
         guard status == .exited(0) else {
-            let diagnostics = out.text.split(separator: "\n")
+            let diagnostics = compilerOutput.split(separator: "\n")
                 .filter { !$0.contains(sourceFile.path) || $0.contains(": error") }
                 .joined(separator: "\n")
             throw VouchError(.invalidSpec, "test script \(url.path) does not compile", outputTail: tail(diagnostics, lines: 40))

@@ -158,6 +158,22 @@ final class ChildProcess: Sendable {
         return await exit.waitUncancellable()
     }
 
+    /// Runs a program to completion and returns its status and its stdout and
+    /// stderr interleaved as they arrived.
+    /// - Throws: `VouchError.spawnFailed`; `CancellationError`.
+    static func run(
+        _ executable: String, _ arguments: [String], environment: [String: String]? = nil,
+        workingDirectory: String? = nil
+    ) async throws -> (status: ExitStatus, output: String) {
+        let process = try ChildProcess(executable, arguments, environment: environment, workingDirectory: workingDirectory)
+        let output = OutputCollector()
+        async let out: Void = output.drain(process.stdout!.queue)
+        async let err: Void = output.drain(process.stderr!.queue)
+        let status = try await process.waitForExit()
+        _ = await (out, err)
+        return (status, output.text)
+    }
+
     /// Resolves a program name against PATH.
     static func resolve(_ executable: String) -> String? {
         if executable.contains("/") {

@@ -48,14 +48,7 @@ extension Machine {
     public func waitUntilSucceeds(
         _ command: String, timeout: Double = 900, file: String = #filePath, line: Int = #line
     ) async throws -> String {
-        log.log("waiting for success: \(command)", machine: name)
-        let output = OutputBox()
-        try await poll("`\(command)` to succeed", timeout: timeout, location: .init(file: file, line: line)) { left in
-            let r = try await self.execute(command, timeout: left, file: file, line: line)
-            if r.status == 0 { output.value = r.text; return .done }
-            return .notYet(seen: "exit status \(r.status)\n\(r.text)")
-        }
-        return output.value
+        try await waitUntil(command, succeeds: true, timeout: timeout, location: .init(file: file, line: line))
     }
 
     /// Waits until `command` exits non-zero; returns its output.
@@ -64,12 +57,17 @@ extension Machine {
     public func waitUntilFails(
         _ command: String, timeout: Double = 900, file: String = #filePath, line: Int = #line
     ) async throws -> String {
-        log.log("waiting for failure: \(command)", machine: name)
+        try await waitUntil(command, succeeds: false, timeout: timeout, location: .init(file: file, line: line))
+    }
+
+    private func waitUntil(_ command: String, succeeds: Bool, timeout: Double, location: SourceLocation) async throws -> String {
+        let goal = succeeds ? "succeed" : "fail"
+        log.log("waiting for \(succeeds ? "success" : "failure"): \(command)", machine: name)
         let output = OutputBox()
-        try await poll("`\(command)` to fail", timeout: timeout, location: .init(file: file, line: line)) { left in
-            let r = try await self.execute(command, timeout: left, file: file, line: line)
-            if r.status != 0 { output.value = r.text; return .done }
-            return .notYet(seen: "exit status 0\n\(r.text)")
+        try await poll("`\(command)` to \(goal)", timeout: timeout, location: location) { left in
+            let r = try await self.execute(command, timeout: left, file: location.file, line: location.line)
+            if (r.status == 0) == succeeds { output.value = r.text; return .done }
+            return .notYet(seen: "exit status \(r.status)\n\(r.text)")
         }
         return output.value
     }

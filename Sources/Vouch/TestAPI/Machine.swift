@@ -257,18 +257,7 @@ public actor Machine {
     public func succeed(
         _ commands: String..., timeout: Double = 900, file: String = #filePath, line: Int = #line
     ) async throws -> String {
-        var output = ""
-        for command in commands {
-            log.log("must succeed: \(command)", machine: name)
-            let result = try await execute(command, timeout: timeout, file: file, line: line)
-            guard result.status == 0 else {
-                throw VouchError(.commandFailed, "command failed with exit status \(result.status)", machine: name,
-                                 command: command, status: result.status, outputTail: tail(result.text),
-                                 location: SourceLocation(file: file, line: line))
-            }
-            output += result.text
-        }
-        return output
+        try await run(commands, expectingSuccess: true, timeout: timeout, location: .init(file: file, line: line))
     }
 
     /// Runs each command, requiring a non-zero exit status; returns their outputs concatenated.
@@ -277,14 +266,20 @@ public actor Machine {
     public func fail(
         _ commands: String..., timeout: Double = 900, file: String = #filePath, line: Int = #line
     ) async throws -> String {
+        try await run(commands, expectingSuccess: false, timeout: timeout, location: .init(file: file, line: line))
+    }
+
+    private func run(_ commands: [String], expectingSuccess: Bool, timeout: Double, location: SourceLocation) async throws -> String {
         var output = ""
         for command in commands {
-            log.log("must fail: \(command)", machine: name)
-            let result = try await execute(command, timeout: timeout, file: file, line: line)
-            guard result.status != 0 else {
-                throw VouchError(.commandSucceeded, "command succeeded but was expected to fail", machine: name,
-                                 command: command, status: 0, outputTail: tail(result.text),
-                                 location: SourceLocation(file: file, line: line))
+            log.log("must \(expectingSuccess ? "succeed" : "fail"): \(command)", machine: name)
+            let result = try await execute(command, timeout: timeout, file: location.file, line: location.line)
+            guard (result.status == 0) == expectingSuccess else {
+                throw expectingSuccess
+                    ? VouchError(.commandFailed, "command failed with exit status \(result.status)", machine: name,
+                                 command: command, status: result.status, outputTail: tail(result.text), location: location)
+                    : VouchError(.commandSucceeded, "command succeeded but was expected to fail", machine: name,
+                                 command: command, status: 0, outputTail: tail(result.text), location: location)
             }
             output += result.text
         }

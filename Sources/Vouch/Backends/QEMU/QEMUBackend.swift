@@ -131,15 +131,10 @@ final class QEMUBackend: Backend {
         let overlay = context.stateDirectory + "/root.qcow2"
         // A machine started again after a crash or shutdown keeps its disk.
         if FileManager.default.fileExists(atPath: overlay) { return overlay }
-        let process = try ChildProcess("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", disk, overlay])
-        let output = OutputCollector()
-        async let err: Void = output.drain(process.stderr!.queue)
-        async let out: Void = output.drain(process.stdout!.queue)
-        let status = try await process.waitForExit()
-        _ = await (err, out)
+        let (status, output) = try await ChildProcess.run("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", disk, overlay])
         guard status == .exited(0) else {
             throw VouchError(.bootFailed, "qemu-img could not create the disk overlay (\(status))",
-                             machine: context.name, outputTail: tail(output.text))
+                             machine: context.name, outputTail: tail(output))
         }
         return overlay
     }
