@@ -63,6 +63,38 @@ struct NetworkTests {
         #expect(run.outcome == .passed, "\(run.outcome)")
     }
 
+    @Test func tapNetworkInAPrivateNamespace() async throws {
+        let hostLinks = try String(contentsOfFile: "/proc/net/dev", encoding: .utf8)
+        let namespaceID = OutputBox()
+        var a = guest("a")
+        a.vlans = [1]
+        var b = guest("b")
+        b.vlans = [1, 2]
+        var spec = TestSpec(name: "tap", machines: [a, b])
+        spec.network = .tap
+        var options = RunOptions(outputDirectory: RealRun.outputDirectory("tap"))
+        options.quiet = true
+        let driver = try Driver(spec: spec, options: options)
+        let outcome = await driver.run { d in
+            let (a, b) = (try d.machine("a"), try d.machine("b"))
+            try await d.startAll()
+            try await a.succeed("ping -c 1 -W 5 b", "ping -c 1 -W 5 192.168.1.254")
+            try await b.succeed("ping -c 1 -W 5 a", "ping -c 1 -W 5 192.168.2.254", "ping -c 1 -W 5 2001:db8:1::1")
+            try await b.block()
+            try await a.fail("ping -c 1 -W 2 b")
+            try await b.unblock()
+            try await a.waitUntilSucceeds("ping -c 1 -W 2 b", timeout: 60)
+            let pid = try #require(d.namespaceHolderPID)
+            namespaceID.value = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/net")) ?? ""
+            // Nothing appeared in the host's own namespace.
+            #expect(try String(contentsOfFile: "/proc/net/dev", encoding: .utf8) == hostLinks)
+        }
+        #expect(outcome == .passed, "\(outcome)")
+        RealRun(driver: driver, outcome: outcome).expectNoLeftovers()
+        #expect(namespaceID.value.hasPrefix("net:["))
+        #expect(processes(inNetworkNamespace: namespaceID.value).isEmpty, "the namespace should be gone with its last process")
+    }
+
     @Test func twoRunsWithVLANOneDoNotSeeEachOther() async throws {
         // Run A's "b" listens on 192.168.1.2:7777; run B's "a" connects to the
         // same address and must reach its own "b" (which does not listen), never A's.
@@ -110,4 +142,12 @@ actor AsyncFlag {
 /// Fetches `url` with the host's curl.
 func hostCurl(_ url: String) async throws -> String {
     try await ChildProcess.run("curl", ["-sf", "-m", "20", url]).output
+}
+
+/// Processes whose network namespace is `id` (as readlink /proc/PID/ns/net shows it).
+func processes(inNetworkNamespace id: String) -> [String] {
+    let fm = FileManager.default
+    return ((try? fm.contentsOfDirectory(atPath: "/proc")) ?? []).filter { pid in
+        pid.allSatisfy(\.isNumber) && (try? fm.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/net")) == id
+    }
 }

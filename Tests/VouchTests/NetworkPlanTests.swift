@@ -47,3 +47,17 @@ import Testing
         #expect(wrongType?.message.contains("must be an array") == true)
     }
 }
+
+@Suite struct NetworkKindSpecTests {
+    @Test func networkKindDefaultsToVDEAndIsValidated() throws {
+        #expect(try TestSpec.parse(["machines": ["a": [:]]]).network == .vde)
+        #expect(try TestSpec.parse(["network": "tap", "machines": ["a": [:]]]).network == .tap)
+        let bad = #expect(throws: VouchError.self) { try TestSpec.parse(["network": "slirp", "machines": ["a": [:]]]) }
+        #expect(bad?.message.contains("unknown network 'slirp' (vde or tap)") == true)
+    }
+
+    @Test func tapNamesFitLinuxInterfaceNames() {
+        #expect(NetworkNamespace.tapName(node: 254, vlan: 255) == "tap254v255")
+        #expect(NetworkNamespace.tapName(node: 254, vlan: 255).count <= 15)
+    }
+}

@@ -1,3 +1,5 @@
+import Glibc
+
 /// What a backend must do for a `Machine`: bring a guest up, hand over the
 /// channel to its backdoor shell, and take it down again.
 ///
@@ -61,11 +63,16 @@ struct MachineContext: Sendable {
 struct MachineNetwork: Sendable {
     struct Attachment: Sendable {
         let nic: NetworkPlan.NIC
-        /// The VLAN switch's socket directory.
+        /// The VLAN switch's socket directory (VDE networks).
         let switchDirectory: String
+        /// The TAP device in the test's network namespace (TAP networks).
+        var tap: String? = nil
     }
 
     let attachments: [Attachment]
+    /// For TAP networks: the pid whose network namespace the VM must run in
+    /// (known once the run has started).
+    var namespacePID: @Sendable () -> pid_t? = { nil }
     /// Addressing for guests Vouch builds (`vouch.ip=`, `vouch.hosts=`).
     let kernelParameters: String
     /// MAC of the user-mode card that `forwardPort` uses (direct boot only).

@@ -14,6 +14,14 @@ public struct TestSpec: Sendable {
     public var globalTimeout: Double
     /// The machines, sorted by name (nixpkgs numbers nodes in this order).
     public var machines: [MachineSpec]
+    /// How VLANs are built: `vde` switches (default), or `tap` devices on
+    /// bridges in a private network namespace.
+    public var network: NetworkKind = .vde
+
+    /// The ways a test network can be built.
+    public enum NetworkKind: String, Sendable {
+        case vde, tap
+    }
 
     public init(name: String, globalTimeout: Double = 3600, machines: [MachineSpec]) {
         self.name = name
@@ -42,7 +50,7 @@ public struct TestSpec: Sendable {
     /// - Throws: `VouchError.invalidSpec` naming the offending key.
     public static func parse(_ json: JSONValue, defaultName: String = "test") throws -> TestSpec {
         let top = try SpecObject(json, path: "spec")
-        try top.allow(["name", "globalTimeout", "machines"])
+        try top.allow(["name", "globalTimeout", "machines", "network"])
         let name = try top.string("name") ?? defaultName
         let timeout = try top.number("globalTimeout") ?? 3600
         guard timeout > 0 else { throw invalid("globalTimeout must be positive") }
@@ -51,7 +59,14 @@ public struct TestSpec: Sendable {
         }
         guard !nodes.isEmpty else { throw invalid("spec.machines is empty: a test needs at least one machine") }
         let machines = try nodes.map { try MachineSpec.parse(name: $0.key, $0.value) }
-        return TestSpec(name: name, globalTimeout: timeout, machines: machines)
+        var spec = TestSpec(name: name, globalTimeout: timeout, machines: machines)
+        if let kind = try top.string("network") {
+            guard let network = NetworkKind(rawValue: kind) else {
+                throw invalid("spec.network: unknown network '\(kind)' (vde or tap)")
+            }
+            spec.network = network
+        }
+        return spec
     }
 
     static func invalid(_ message: String) -> VouchError { VouchError(.invalidSpec, message) }

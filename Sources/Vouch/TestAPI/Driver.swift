@@ -58,6 +58,9 @@ public final class Driver: Sendable {
     /// Node numbers, MACs and addresses of every machine.
     public let network: NetworkPlan
     private let switches = Mutex<[VDESwitch]>([])
+    private let namespace = Mutex<NetworkNamespace?>(nil)
+    /// The namespace holder's pid, for machines to enter (TAP networks).
+    private let namespaceBox: PIDBox
 
     /// Validates `spec` and prepares the run; boots nothing.
     /// - Throws: `VouchError.invalidSpec` / `.missingImage` before anything is started.
@@ -71,6 +74,8 @@ public final class Driver: Sendable {
         self.log = TestLog(file: options.outputDirectory.appendingPathComponent("vouch.log"), quiet: options.quiet)
         self.junit = JUnitReport(suiteName: spec.name)
         self.network = network
+        let namespaceBox = PIDBox()
+        self.namespaceBox = namespaceBox
         let runDirectory = try Driver.makeRunDirectory()
         self.runDirectory = runDirectory
         let shared = runDirectory + "/shared-xchg"
@@ -81,19 +86,27 @@ public final class Driver: Sendable {
                 name: m.name, stateDirectory: runDirectory + "/vm-state-\(m.name)", sharedDirectory: shared,
                 log: log, console: Console(machine: m.name, log: log))
             if let node = network.node(m.name) {
+                let tap = spec.network == .tap
                 let attachments = node.nics.map {
                     MachineNetwork.Attachment(
-                        nic: $0, switchDirectory: VDESwitch.socketDirectory(vlan: $0.vlan, runDirectory: runDirectory))
+                        nic: $0, switchDirectory: VDESwitch.socketDirectory(vlan: $0.vlan, runDirectory: runDirectory),
+                        tap: tap ? NetworkNamespace.tapName(node: node.number, vlan: $0.vlan) : nil)
                 }
                 context.network = MachineNetwork(
                     attachments: attachments, kernelParameters: network.kernelParameters(for: m.name, forwarding: true),
                     forwardingMAC: NetworkPlan.forwardingMAC(node: node.number))
+                if tap {
+                    context.network?.namespacePID = { namespaceBox.value.withLock { $0 } }
+                }
             }
             machines.append(Machine(context: context, outputDirectory: options.outputDirectory,
                                     bootTimeout: m.bootTimeout, readyUnit: plan.readyUnit, makeBackend: plan.make))
         }
         self.machines = machines
     }
+
+    /// The pid holding the test's network namespace (TAP networks, once running).
+    var namespaceHolderPID: pid_t? { namespaceBox.value.withLock { $0 } }
 
     /// The machine called `name`.
     /// - Throws: `VouchError.invalidSpec` listing the machines that exist.
@@ -192,10 +205,24 @@ public final class Driver: Sendable {
         }
     }
 
-    /// Starts one switch per VLAN, concurrently.
+    /// Starts one switch per VLAN, concurrently (or, for TAP networks, the
+    /// namespace with its bridges and every machine's TAP devices).
     private func startVLANs() async throws {
         let vlans = network.vlans
         guard !vlans.isEmpty else { return }
+        if spec.network == .tap {
+            try await log.nested("create the TAP network for VLANs \(vlans.map(String.init).joined(separator: ", "))") {
+                let ns = try await NetworkNamespace.create(vlans: vlans, log: log)
+                namespace.withLock { $0 = ns }
+                namespaceBox.value.withLock { $0 = ns.pid }
+                for node in network.nodes {
+                    for nic in node.nics {
+                        try await ns.addTAP(NetworkNamespace.tapName(node: node.number, vlan: nic.vlan), vlan: nic.vlan)
+                    }
+                }
+            }
+            return
+        }
         try await log.nested("start VLANs \(vlans.map(String.init).joined(separator: ", "))") {
             try await withThrowingTaskGroup(of: VDESwitch.self) { group in
                 for vlan in vlans {
@@ -222,6 +249,7 @@ public final class Driver: Sendable {
                 await withTaskGroup(of: Void.self) { group in
                     for s in switches { group.addTask { await s.stop() } }
                 }
+                if let ns = self.namespace.withLock({ n in defer { n = nil }; return n }) { await ns.destroy() }
                 if keep {
                     log.log("kept machine state in \(runDirectory)")
                 } else {
@@ -271,4 +299,9 @@ final class BootStatus: Sendable {
         let parts = state.withLock { s in names.map { n in s[n]!.isEmpty ? "\(n) …" : "\(n) \(s[n]!)" } }
         log.setStatus("booting (\(elapsed)): " + parts.joined(separator: ", "))
     }
+}
+
+/// A pid that is set once the run has started (shared with machine contexts).
+final class PIDBox: Sendable {
+    let value = Mutex<pid_t?>(nil)
 }

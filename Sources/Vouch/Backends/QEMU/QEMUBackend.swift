@@ -71,16 +71,23 @@ final class QEMUBackend: Backend {
         }
 
         let args = commandLine.arguments(hostnameParameter: hostnameParameter, hostname: name)
+        // With a TAP network, QEMU runs inside the test's network namespace.
+        let enter = context.network?.namespacePID().map { ["-t", "\($0)", "-n", "--"] }
+        func launch(_ program: String, environment: [String: String]? = nil) throws -> ChildProcess {
+            guard let enter else {
+                return try ChildProcess(program, args, environment: environment, workingDirectory: context.stateDirectory,
+                                        inheritedFD: qemuEnd)
+            }
+            return try ChildProcess("nsenter", enter + [program] + args, environment: environment,
+                                    workingDirectory: context.stateDirectory, inheritedFD: qemuEnd)
+        }
         let process: ChildProcess
         do {
             switch config.boot {
             case .direct:
-                process = try ChildProcess(config.qemuBinary, args, workingDirectory: context.stateDirectory,
-                                           inheritedFD: qemuEnd)
+                process = try launch(config.qemuBinary)
             case .startScript(let script):
-                let env = commandLine.startScriptEnvironment(base: ProcessInfo.processInfo.environment)
-                process = try ChildProcess(script, args, environment: env, workingDirectory: context.stateDirectory,
-                                           inheritedFD: qemuEnd)
+                process = try launch(script, environment: commandLine.startScriptEnvironment(base: ProcessInfo.processInfo.environment))
             }
         } catch {
             close(hostEnd)
@@ -154,8 +161,11 @@ final class QEMUBackend: Backend {
     }
 
     func forwardPort(hostPort: Int, guestPort: Int) async throws {
-        guard case .direct = config.boot, context.network != nil else {
+        guard case .direct = config.boot, let network = context.network else {
             throw VouchError(.unsupported, "forwardPort needs a machine booted by Vouch (not a start script)", machine: context.name)
+        }
+        guard network.namespacePID() == nil else {
+            throw VouchError(.unsupported, "forwardPort does not work with \"network\": \"tap\" yet (QEMU runs in the test's network namespace)", machine: context.name)
         }
         let reply = try await qmp().execute(
             "human-monitor-command", ["command-line": .string("hostfwd_add forward tcp:127.0.0.1:\(hostPort)-:\(guestPort)")])

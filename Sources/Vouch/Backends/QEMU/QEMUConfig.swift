@@ -72,9 +72,11 @@ struct QEMUCommandLine {
                 ]
             }
             for a in network?.attachments ?? [] {
+                let backend = a.tap.map { "tap,id=\(a.nic.netdev),ifname=\($0),script=no,downscript=no" }
+                    ?? "vde,id=\(a.nic.netdev),sock=\(a.switchDirectory)"
                 args += [
                     "-device", (mmio ? "virtio-net-device" : "virtio-net-pci") + ",netdev=\(a.nic.netdev),mac=\(a.nic.mac)",
-                    "-netdev", "vde,id=\(a.nic.netdev),sock=\(a.switchDirectory)",
+                    "-netdev", backend,
                 ]
             }
             args += [
