@@ -93,9 +93,9 @@ final class CLITests {
         #expect(runDirectories() == before, "the run directory must be removed even though stderr was closed")
     }
 
-    @Test(arguments: [SIGINT, SIGTERM])
-    func signalDuringBootTearsEverythingDown(signal: Int32) async throws {
-        let spec = try write("two.json", #"{"machines": {"a": {"image": "minimal"}, "b": {"image": "systemd"}}}"#)
+    @Test(arguments: [SIGINT, SIGTERM], ["vde", "tap"])
+    func signalDuringBootTearsEverythingDown(signal: Int32, network: String) async throws {
+        let spec = try write("two-\(network).json", #"{"network": "\#(network)", "machines": {"a": {"image": "minimal"}, "b": {"image": "systemd"}}}"#)
         let out = dir.appendingPathComponent("out-int")
         let process = try ChildProcess(vouchBinary, ["run", spec, "-o", out.path])
         let output = OutputCollector()
@@ -110,12 +110,32 @@ final class CLITests {
         let marker = "/vouch-\(process.pid)-"
         let running = processes(mentioning: marker)
         #expect(running.filter { $0.contains("qemu-system") }.count == 2, "both QEMUs should be running: \(running)")
-        #expect(running.contains { $0.contains("vde_switch") }, "the VLAN switch should be running: \(running)")
+        var namespaceID: String?
+        if network == "vde" {
+            #expect(running.contains { $0.contains("vde_switch") }, "the VLAN switch should be running: \(running)")
+        } else {
+            let holder = children(of: process.pid).first { $0.comm == "cat" }
+            namespaceID = holder.flatMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\($0.pid)/ns/net") }
+            #expect(namespaceID != nil, "the network namespace holder should be running")
+        }
         kill(process.pid, signal)
         let status = try await withDeadline(seconds: 30) { try await process.waitForExit() }
         _ = await (a, b)
         #expect(status == .exited(130), "\(output.text)")
         #expect(processes(mentioning: marker).isEmpty)
+        if let namespaceID { #expect(processes(inNetworkNamespace: namespaceID).isEmpty, "the TAP network's namespace must be gone") }
         #expect(!runDirectories().contains { $0.hasPrefix("vouch-\(process.pid)-") })
+    }
+}
+
+/// Direct children of `parent`: pid and command name.
+func children(of parent: pid_t) -> [(pid: String, comm: String)] {
+    let fm = FileManager.default
+    return ((try? fm.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { pid in
+        guard pid.allSatisfy(\.isNumber), let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")") else { return nil }
+        let comm = String(stat[stat.index(after: open)..<close])
+        let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+        return fields.count > 1 && fields[1] == "\(parent)" ? (pid, comm) : nil
     }
 }

@@ -63,7 +63,8 @@ struct NetworkTests {
         #expect(run.outcome == .passed, "\(run.outcome)")
     }
 
-    @Test func tapNetworkInAPrivateNamespace() async throws {
+    @Test(arguments: [false, true])
+    func tapNetworkInAPrivateNamespace(userNamespace: Bool) async throws {
         let hostLinks = try String(contentsOfFile: "/proc/net/dev", encoding: .utf8)
         let namespaceID = OutputBox()
         var a = guest("a")
@@ -74,6 +75,7 @@ struct NetworkTests {
         spec.network = .tap
         var options = RunOptions(outputDirectory: RealRun.outputDirectory("tap"))
         options.quiet = true
+        options.userNamespaceNetwork = userNamespace
         let driver = try Driver(spec: spec, options: options)
         let outcome = await driver.run { d in
             let (a, b) = (try d.machine("a"), try d.machine("b"))

@@ -70,9 +70,9 @@ struct MachineNetwork: Sendable {
     }
 
     let attachments: [Attachment]
-    /// For TAP networks: the pid whose network namespace the VM must run in
-    /// (known once the run has started).
-    var namespacePID: @Sendable () -> pid_t? = { nil }
+    /// For TAP networks: the `nsenter` arguments that put the VM into the
+    /// test's network namespace (known once the run has started).
+    var enterNamespace: @Sendable () -> [String]? = { nil }
     /// Addressing for guests Vouch builds (`vouch.ip=`, `vouch.hosts=`).
     let kernelParameters: String
     /// MAC of the user-mode card that `forwardPort` uses (direct boot only).

@@ -6,24 +6,40 @@ import Glibc
 /// test asks for `"network": "tap"`) attach to. Nothing is created in the
 /// host's own namespace.
 ///
-/// The namespace lives as long as a holder process (`unshare --net cat`)
+/// As root the holder is `unshare --net cat`; otherwise (or when asked) it
+/// is `unshare --user --map-root-user --net cat`, a user namespace in which
+/// Vouch may create bridges and TAPs without privileges on the host.
+///
+/// The namespace lives as long as a holder process
 /// reading a pipe only Vouch holds: when the run ends, or Vouch dies in any
 /// way, the holder exits and the kernel removes the namespace with every
 /// bridge and TAP in it once the last VM has gone. No named namespace is
 /// left to clean up by hand.
 final class NetworkNamespace: Sendable {
     private let holder: ChildProcess
-    /// The holder's pid: `nsenter -t PID -n` runs a program inside.
+    /// Whether the namespace sits in its own user namespace (rootless).
+    let userNamespace: Bool
+    /// The holder's pid: `nsenter -t PID ...` runs a program inside.
     var pid: pid_t { holder.pid }
 
     /// Creates the namespace and its bridges (`br<vlan>` at 192.168.<vlan>.254/24).
-    /// - Throws: `VouchError.unsupported` when not root, `.other` naming the failing `ip` command.
-    static func create(vlans: [Int], log: TestLog) async throws -> NetworkNamespace {
-        guard getuid() == 0 else {
-            throw VouchError(.unsupported, "TAP networking needs root in this version (a user namespace variant is not built yet); use \"network\": \"vde\"")
+    /// - Parameter userNamespace: nil chooses by privilege (root: no).
+    /// - Throws: `VouchError.unsupported` if the kernel refuses the namespaces,
+    ///   `.other` naming the failing `ip` command.
+    static func create(vlans: [Int], userNamespace: Bool? = nil, log: TestLog) async throws -> NetworkNamespace {
+        let rootless = userNamespace ?? (getuid() != 0)
+        let holder = try ChildProcess(
+            "unshare", (rootless ? ["--user", "--map-root-user"] : []) + ["--net", "--", "cat"], pipes: [.stdin, .stdout, .stderr])
+        let ns = NetworkNamespace(holder: holder, userNamespace: rootless)
+        // unshare exits at once if the kernel refuses; give it a moment to say so.
+        try? await Task.sleep(for: .milliseconds(20))
+        if let status = holder.exitStatus {
+            let out = OutputCollector()
+            if let reader = holder.stderr { await out.drain(reader.queue) }
+            let why = out.text
+            throw VouchError(.unsupported, "cannot create the test network namespace (unshare \(status)): \(why.trimmingTrailingNewlines())"
+                + (rootless ? "; unprivileged user namespaces may be disabled on this host" : ""))
         }
-        let holder = try ChildProcess("unshare", ["--net", "--", "cat"], pipes: [.stdin, .stdout, .stderr])
-        let ns = NetworkNamespace(holder: holder)
         do {
             try await ns.ip(["link", "set", "lo", "up"])
             for v in vlans {
@@ -40,8 +56,9 @@ final class NetworkNamespace: Sendable {
         return ns
     }
 
-    private init(holder: ChildProcess) {
+    private init(holder: ChildProcess, userNamespace: Bool) {
         self.holder = holder
+        self.userNamespace = userNamespace
     }
 
     /// The TAP name of `node` on `vlan` (at most 15 characters).
@@ -55,13 +72,15 @@ final class NetworkNamespace: Sendable {
         try await ip(["link", "set", name, "up"])
     }
 
-    /// The command prefix that runs a program inside the namespace.
-    var enter: [String] { ["nsenter", "-t", "\(pid)", "-n", "--"] }
+    /// `nsenter` arguments that run a program inside the namespace.
+    var enterArguments: [String] {
+        ["-t", "\(pid)"] + (userNamespace ? ["-U", "--preserve-credentials"] : []) + ["-n", "--"]
+    }
 
     /// Runs `ip ARGS` inside the namespace.
     /// - Throws: `VouchError.other` with ip's message.
     func ip(_ args: [String]) async throws {
-        let (status, output) = try await ChildProcess.run("nsenter", ["-t", "\(pid)", "-n", "--", "ip"] + args)
+        let (status, output) = try await ChildProcess.run("nsenter", enterArguments + ["ip"] + args)
         guard status == .exited(0) else {
             throw VouchError(.other, "ip \(args.joined(separator: " ")) failed in the test network namespace (\(status))",
                              outputTail: tail(output))

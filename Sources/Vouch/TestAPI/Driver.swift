@@ -15,6 +15,9 @@ public struct RunOptions: Sendable {
     public var accelerator: Accelerator.Choice?
     /// Log to the file only (unit tests).
     public var quiet = false
+    /// For `"network": "tap"`: build the namespace inside a user namespace
+    /// (true), directly (false), or by privilege (nil: only when not root).
+    public var userNamespaceNetwork: Bool?
 
     public init(outputDirectory: URL) {
         self.outputDirectory = outputDirectory
@@ -58,9 +61,8 @@ public final class Driver: Sendable {
     /// Node numbers, MACs and addresses of every machine.
     public let network: NetworkPlan
     private let switches = Mutex<[VDESwitch]>([])
-    private let namespace = Mutex<NetworkNamespace?>(nil)
     /// The namespace holder's pid, for machines to enter (TAP networks).
-    private let namespaceBox: PIDBox
+    private let namespaceBox: NamespaceBox
 
     /// Validates `spec` and prepares the run; boots nothing.
     /// - Throws: `VouchError.invalidSpec` / `.missingImage` before anything is started.
@@ -74,7 +76,7 @@ public final class Driver: Sendable {
         self.log = TestLog(file: options.outputDirectory.appendingPathComponent("vouch.log"), quiet: options.quiet)
         self.junit = JUnitReport(suiteName: spec.name)
         self.network = network
-        let namespaceBox = PIDBox()
+        let namespaceBox = NamespaceBox()
         self.namespaceBox = namespaceBox
         let runDirectory = try Driver.makeRunDirectory()
         self.runDirectory = runDirectory
@@ -96,7 +98,7 @@ public final class Driver: Sendable {
                     attachments: attachments, kernelParameters: network.kernelParameters(for: m.name, forwarding: true),
                     forwardingMAC: NetworkPlan.forwardingMAC(node: node.number))
                 if tap {
-                    context.network?.namespacePID = { namespaceBox.value.withLock { $0 } }
+                    context.network?.enterNamespace = { namespaceBox.value.withLock { $0?.enterArguments } }
                 }
             }
             machines.append(Machine(context: context, outputDirectory: options.outputDirectory,
@@ -106,7 +108,7 @@ public final class Driver: Sendable {
     }
 
     /// The pid holding the test's network namespace (TAP networks, once running).
-    var namespaceHolderPID: pid_t? { namespaceBox.value.withLock { $0 } }
+    var namespaceHolderPID: pid_t? { namespaceBox.value.withLock { $0?.pid } }
 
     /// The machine called `name`.
     /// - Throws: `VouchError.invalidSpec` listing the machines that exist.
@@ -212,9 +214,8 @@ public final class Driver: Sendable {
         guard !vlans.isEmpty else { return }
         if spec.network == .tap {
             try await log.nested("create the TAP network for VLANs \(vlans.map(String.init).joined(separator: ", "))") {
-                let ns = try await NetworkNamespace.create(vlans: vlans, log: log)
-                namespace.withLock { $0 = ns }
-                namespaceBox.value.withLock { $0 = ns.pid }
+                let ns = try await NetworkNamespace.create(vlans: vlans, userNamespace: options.userNamespaceNetwork, log: log)
+                namespaceBox.value.withLock { $0 = ns }
                 for node in network.nodes {
                     for nic in node.nics {
                         try await ns.addTAP(NetworkNamespace.tapName(node: node.number, vlan: nic.vlan), vlan: nic.vlan)
@@ -249,7 +250,7 @@ public final class Driver: Sendable {
                 await withTaskGroup(of: Void.self) { group in
                     for s in switches { group.addTask { await s.stop() } }
                 }
-                if let ns = self.namespace.withLock({ n in defer { n = nil }; return n }) { await ns.destroy() }
+                if let ns = self.namespaceBox.value.withLock({ n in defer { n = nil }; return n }) { await ns.destroy() }
                 if keep {
                     log.log("kept machine state in \(runDirectory)")
                 } else {
@@ -301,7 +302,7 @@ final class BootStatus: Sendable {
     }
 }
 
-/// A pid that is set once the run has started (shared with machine contexts).
-final class PIDBox: Sendable {
-    let value = Mutex<pid_t?>(nil)
+/// The TAP network's namespace, set once the run has started (shared with machine contexts).
+final class NamespaceBox: Sendable {
+    let value = Mutex<NetworkNamespace?>(nil)
 }

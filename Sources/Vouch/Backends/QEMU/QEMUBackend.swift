@@ -72,7 +72,7 @@ final class QEMUBackend: Backend {
 
         let args = commandLine.arguments(hostnameParameter: hostnameParameter, hostname: name)
         // With a TAP network, QEMU runs inside the test's network namespace.
-        let enter = context.network?.namespacePID().map { ["-t", "\($0)", "-n", "--"] }
+        let enter = context.network?.enterNamespace()
         func launch(_ program: String, environment: [String: String]? = nil) throws -> ChildProcess {
             guard let enter else {
                 return try ChildProcess(program, args, environment: environment, workingDirectory: context.stateDirectory,
@@ -108,7 +108,12 @@ final class QEMUBackend: Backend {
             s.process = process
             s.pumps = pumps
         }
-        context.log.log("started \(process.executable) (pid \(process.pid))", machine: name)
+        let program: String
+        switch config.boot {
+        case .direct: program = config.qemuBinary
+        case .startScript(let script): program = script
+        }
+        context.log.log("started \(program) (pid \(process.pid))" + (enter == nil ? "" : " in the test's network namespace"), machine: name)
         context.log.debug("command line: \(process.executable) \(args.joined(separator: " "))", machine: name)
 
         let writeFD = dup(hostEnd)
@@ -164,7 +169,7 @@ final class QEMUBackend: Backend {
         guard case .direct = config.boot, let network = context.network else {
             throw VouchError(.unsupported, "forwardPort needs a machine booted by Vouch (not a start script)", machine: context.name)
         }
-        guard network.namespacePID() == nil else {
+        guard network.enterNamespace() == nil else {
             throw VouchError(.unsupported, "forwardPort does not work with \"network\": \"tap\" yet (QEMU runs in the test's network namespace)", machine: context.name)
         }
         let reply = try await qmp().execute(
