@@ -63,16 +63,4 @@ final class Console: Sendable {
                 return s.range(of: "Kernel panic").map { String(s[$0.lowerBound...]) } ?? s
             }
     }
-
-    /// The length of the text so far, to search only what comes after it.
-    var mark: Int { state.withLock { $0.text.utf8.count } }
-
-    /// Text printed since `mark`.
-    func text(since mark: Int) -> String {
-        state.withLock { s in
-            let utf8 = s.text.utf8
-            guard mark < utf8.count else { return "" }
-            return String(decoding: utf8.suffix(utf8.count - mark), as: UTF8.self)
-        }
-    }
 }

@@ -11,13 +11,3 @@ struct GuestChannel: Sendable {
     /// Closes the stream; `input` ends.
     let close: @Sendable () -> Void
 }
-
-extension GuestChannel {
-    /// A channel over a connected socket or a pair of descriptors.
-    static func fileDescriptors(read reader: FDReader, writeFD: Int32, close: @escaping @Sendable () -> Void) -> GuestChannel {
-        GuestChannel(
-            input: reader.queue,
-            send: { try writeAll(fd: writeFD, $0) },
-            close: close)
-    }
-}

@@ -23,25 +23,6 @@ enum UnixSocket {
         }
     }
 
-    /// Accepts one connection, polling so that cancellation is noticed.
-    /// - Throws: `CancellationError` when the task is cancelled, `SystemError` on failure.
-    static func accept(_ listener: Int32) async throws -> Int32 {
-        while true {
-            try Task.checkCancellation()
-            var pfd = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&pfd, 1, 0)
-            if ready > 0 {
-                let fd = Glibc.accept(listener, nil, nil)
-                if fd >= 0 {
-                    _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-                    return fd
-                }
-                if errno != EINTR && errno != EAGAIN { throw SystemError("accept") }
-            }
-            try await Task.sleep(for: .milliseconds(5))
-        }
-    }
-
     /// Connects to the socket at `path`.
     /// - Throws: `SystemError` (e.g. ENOENT or ECONNREFUSED while the server is not up yet).
     static func connect(path: String) throws -> Int32 {
