@@ -65,7 +65,7 @@ struct NetworkTests {
 
     @Test(arguments: [false, true])
     func tapNetworkInAPrivateNamespace(userNamespace: Bool) async throws {
-        let hostLinks = try String(contentsOfFile: "/proc/net/dev", encoding: .utf8)
+        let hostLinks = hostInterfaceNames()
         let namespaceID = OutputBox()
         var a = guest("a")
         a.vlans = [1]
@@ -86,10 +86,18 @@ struct NetworkTests {
             try await a.fail("ping -c 1 -W 2 b")
             try await b.unblock()
             try await a.waitUntilSucceeds("ping -c 1 -W 2 b", timeout: 60)
+            // forwardPort relays from the host's loopback into the namespace.
+            try await a.succeed("mkdir -p /tmp/www && echo hello-through-tap > /tmp/www/index.html && httpd -p 8080 -h /tmp/www")
+            try await a.waitForOpenPort(8080)
+            let port = try await a.forwardPort(guest: 8080)
+            for _ in 0..<2 {
+                let body = try await hostCurl("http://127.0.0.1:\(port)/index.html")
+                #expect(body == "hello-through-tap\n")
+            }
             let pid = try #require(d.namespaceHolderPID)
             namespaceID.value = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/net")) ?? ""
             // Nothing appeared in the host's own namespace.
-            #expect(try String(contentsOfFile: "/proc/net/dev", encoding: .utf8) == hostLinks)
+            #expect(hostInterfaceNames() == hostLinks)
         }
         #expect(outcome == .passed, "\(outcome)")
         RealRun(driver: driver, outcome: outcome).expectNoLeftovers()
@@ -152,4 +160,10 @@ func processes(inNetworkNamespace id: String) -> [String] {
     return ((try? fm.contentsOfDirectory(atPath: "/proc")) ?? []).filter { pid in
         pid.allSatisfy(\.isNumber) && (try? fm.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/net")) == id
     }
+}
+
+/// The network interfaces of the host's own namespace.
+func hostInterfaceNames() -> Set<String> {
+    let text = (try? String(contentsOfFile: "/proc/net/dev", encoding: .utf8)) ?? ""
+    return Set(text.split(separator: "\n").dropFirst(2).compactMap { $0.split(separator: ":").first?.trimmingCharacters(in: .whitespaces) })
 }

@@ -31,8 +31,15 @@ final class NetworkNamespace: Sendable {
         let holder = try ChildProcess(
             "unshare", (rootless ? ["--user", "--map-root-user"] : []) + ["--net", "--", "cat"], pipes: [.stdin, .stdout, .stderr])
         let ns = NetworkNamespace(holder: holder, userNamespace: rootless)
-        // unshare exits at once if the kernel refuses; give it a moment to say so.
-        try? await Task.sleep(for: .milliseconds(20))
+        // Ready once unshare has set everything up and exec'd `cat`; before
+        // that the holder is still in our namespaces (and nsenter into one's
+        // own user namespace fails). unshare exits at once if the kernel refuses.
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: .seconds(10))
+        while holder.exitStatus == nil, clock.now < deadline,
+              (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(holder.pid)/exe"))?.hasSuffix("/cat") != true {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
         if let status = holder.exitStatus {
             let out = OutputCollector()
             if let reader = holder.stderr { await out.drain(reader.queue) }

@@ -25,6 +25,7 @@ final class QEMUBackend: Backend {
         var shellReader: FDReader?
         var shellWriteFD: Int32 = -1
         var pumps: [Task<Void, Never>] = []
+        var forwarders: [PortForwarder] = []
         var stopped = false
     }
 
@@ -169,8 +170,19 @@ final class QEMUBackend: Backend {
         guard case .direct = config.boot, let network = context.network else {
             throw VouchError(.unsupported, "forwardPort needs a machine booted by Vouch (not a start script)", machine: context.name)
         }
-        guard network.enterNamespace() == nil else {
-            throw VouchError(.unsupported, "forwardPort does not work with \"network\": \"tap\" yet (QEMU runs in the test's network namespace)", machine: context.name)
+        if let enter = network.enterNamespace() {
+            // QEMU runs in the test's namespace: relay from the host into it.
+            guard let target = network.attachments.first?.nic.ipv4 else {
+                throw VouchError(.unsupported, "forwardPort with a TAP network needs the machine on a VLAN", machine: context.name)
+            }
+            let forwarder: PortForwarder
+            do {
+                forwarder = try PortForwarder(hostPort: hostPort, address: target, port: guestPort, enter: enter)
+            } catch {
+                throw VouchError(.other, "cannot forward 127.0.0.1:\(hostPort): \(error)", machine: context.name)
+            }
+            state.withLock { $0.forwarders.append(forwarder) }
+            return
         }
         let reply = try await qmp().execute(
             "human-monitor-command", ["command-line": .string("hostfwd_add forward tcp:127.0.0.1:\(hostPort)-:\(guestPort)")])
@@ -206,13 +218,15 @@ final class QEMUBackend: Backend {
     }
 
     func stop(keepState: Bool) async {
-        let (process, qmp, reader, writeFD, pumps) = state.withLock { s in
+        let (process, qmp, reader, writeFD, pumps, forwarders) = state.withLock { s in
             defer {
                 s.stopped = true
                 s.shellWriteFD = -1
+                s.forwarders.removeAll()
             }
-            return (s.process, s.qmp, s.shellReader, s.shellWriteFD, s.pumps)
+            return (s.process, s.qmp, s.shellReader, s.shellWriteFD, s.pumps, s.forwarders)
         }
+        for forwarder in forwarders { await forwarder.stop() }
         if let process, process.exitStatus == nil {
             if let qmp {
                 _ = try? await withDeadline(seconds: 1) { try await qmp.execute("quit") }
