@@ -276,25 +276,7 @@ final class TCPListener: Sendable {
     let port: Int
 
     init(listening: Bool = true) throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SystemError("socket") }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = 0
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, len) == 0 && (!listening || listen(fd, 64) == 0) && getsockname(fd, $0, &len) == 0
-            }
-        }
-        guard ok else {
-            let error = SystemError("bind/listen")
-            Glibc.close(fd)
-            throw error
-        }
-        self.fd = fd
-        port = Int(UInt16(bigEndian: addr.sin_port))
+        (fd, port) = try LoopbackTCP.bind(backlog: listening ? 64 : nil)
     }
 
     func close() { Glibc.close(fd) }

@@ -19,22 +19,7 @@ final class PortForwarder: Sendable {
     /// seen from inside the namespace that `enter` (nsenter arguments) joins.
     /// - Throws: `SystemError` if the host port cannot be bound.
     init(hostPort: Int, address: String, port: Int, enter: [String]) throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SystemError("socket") }
-        var one: Int32 = 1
-        _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = in_port_t(UInt16(hostPort).bigEndian)
-        let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-        }
-        guard bound, listen(fd, 16) == 0 else {
-            let error = SystemError("bind 127.0.0.1:\(hostPort)")
-            close(fd)
-            throw error
-        }
+        let (fd, _) = try LoopbackTCP.bind(port: hostPort, backlog: 16)
         self.hostPort = hostPort
         self.listener = fd
         let relays = self.relays

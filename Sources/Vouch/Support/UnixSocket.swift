@@ -54,26 +54,6 @@ enum UnixSocket {
         }
     }
 
-    /// A TCP port on 127.0.0.1 that is free right now (the kernel picks it).
-    /// - Throws: `SystemError`.
-    static func freeLoopbackPort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw SystemError("socket") }
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = 0
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0
-            }
-        }
-        guard ok else { throw SystemError("bind 127.0.0.1:0") }
-        return Int(UInt16(bigEndian: addr.sin_port))
-    }
-
     /// A connected pair of stream sockets (both close-on-exec).
     /// - Throws: `SystemError`.
     static func pair() throws -> (Int32, Int32) {
@@ -118,5 +98,42 @@ enum UnixSocket {
                 try body($0, socklen_t(MemoryLayout<sockaddr_un>.size))
             }
         }
+    }
+}
+
+/// TCP sockets on the host's loopback: forwarded ports and free-port probes.
+enum LoopbackTCP {
+    /// Binds a socket to 127.0.0.1:`port` (0: the kernel picks a free one)
+    /// and, with a `backlog`, listens. Returns the descriptor and the port.
+    /// - Throws: `SystemError` naming the address (e.g. the port is taken).
+    static func bind(port: Int = 0, backlog: Int32? = nil) throws -> (fd: Int32, port: Int) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw SystemError("socket") }
+        var one: Int32 = 1
+        _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.bind(fd, $0, len) == 0 && (backlog.map { listen(fd, $0) == 0 } ?? true) && getsockname(fd, $0, &len) == 0
+            }
+        }
+        guard ok else {
+            let error = SystemError("bind 127.0.0.1:\(port)")
+            close(fd)
+            throw error
+        }
+        return (fd, Int(UInt16(bigEndian: addr.sin_port)))
+    }
+
+    /// A TCP port on 127.0.0.1 that is free right now (the kernel picks it).
+    /// - Throws: `SystemError`.
+    static func freePort() throws -> Int {
+        let (fd, port) = try bind()
+        close(fd)
+        return port
     }
 }

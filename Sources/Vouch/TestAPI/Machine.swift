@@ -198,7 +198,7 @@ public actor Machine {
     public func forwardPort(host: Int? = nil, guest: Int) async throws -> Int {
         try await start()
         guard let backend else { throw VouchError(.machineDown, "not started", machine: name) }
-        let hostPort = try host ?? UnixSocket.freeLoopbackPort()
+        let hostPort = try host ?? LoopbackTCP.freePort()
         log.log("forwarding 127.0.0.1:\(hostPort) to port \(guest)", machine: name)
         try await backend.forwardPort(hostPort: hostPort, guestPort: guest)
         return hostPort
