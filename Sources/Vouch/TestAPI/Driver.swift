@@ -237,20 +237,17 @@ public final class Driver: Sendable {
     /// Stops every machine and removes the run directory (unless `-K`).
     /// Runs in a fresh task so that a cancelled run still tears down fully.
     public func teardown() async {
-        let machines = self.machines
-        let keep = options.keepState
-        let log = self.log
-        let runDirectory = self.runDirectory
         await Task.detached { [self] in
             await log.nested("tearing down") {
+                let keep = options.keepState
                 await withTaskGroup(of: Void.self) { group in
                     for m in machines { group.addTask { await m.release(keepState: keep) } }
                 }
-                let switches = self.switches.withLock { s in defer { s.removeAll() }; return s }
+                let switches = switches.withLock { s in defer { s.removeAll() }; return s }
                 await withTaskGroup(of: Void.self) { group in
                     for s in switches { group.addTask { await s.stop() } }
                 }
-                if let ns = self.namespaceBox.value.withLock({ n in defer { n = nil }; return n }) { await ns.destroy() }
+                if let ns = namespaceBox.value.withLock({ n in defer { n = nil }; return n }) { await ns.destroy() }
                 if keep {
                     log.log("kept machine state in \(runDirectory)")
                 } else {
