@@ -108,7 +108,15 @@ final class CLITests {
             }
         }
         let marker = "/vouch-\(process.pid)-"
-        let running = processes(mentioning: marker)
+        // With a TAP network, nsenter execs QEMU after Vouch logged "started";
+        // mid-exec a process's cmdline reads empty, so wait for both to show.
+        var running = processes(mentioning: marker)
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: .seconds(10))
+        while running.filter({ $0.contains("qemu-system") }).count < 2, clock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+            running = processes(mentioning: marker)
+        }
         #expect(running.filter { $0.contains("qemu-system") }.count == 2, "both QEMUs should be running: \(running)")
         var namespaceID: String?
         if network == "vde" {
