@@ -153,10 +153,14 @@ final class QEMUBackend: Backend {
     }
 
     func waitForExit() async throws -> ExitStatus {
-        guard let process = state.withLock({ $0.process }) else {
+        guard let (process, pumps) = state.withLock({ s in s.process.map { ($0, s.pumps) } }) else {
             throw VouchError(.bootFailed, "QEMU was never started", machine: context.name)
         }
-        return try await process.waitForExit()
+        let status = try await process.waitForExit()
+        // Report the exit only once the console is complete: callers quote its
+        // tail (a kernel panic) right after.
+        for pump in pumps { _ = try? await withDeadline(seconds: 1) { await pump.value } }
+        return status
     }
 
     /// QEMU's own error output (not the guest's), for error messages.
