@@ -67,6 +67,7 @@ struct FaultTests {
             return
         }
         #expect(text.contains("bad: the backdoor shell did not come up"))
+        try? FileManager.default.removeItem(at: run.driver.options.outputDirectory)
     }
 
     @Test func missingImageFailsBeforeAnythingStarts() async throws {

@@ -101,6 +101,7 @@ struct NetworkTests {
         }
         #expect(outcome == .passed, "\(outcome)")
         RealRun(driver: driver, outcome: outcome).expectNoLeftovers()
+        if outcome == .passed { try? FileManager.default.removeItem(at: options.outputDirectory) }
         #expect(namespaceID.value.hasPrefix("net:["))
         #expect(processes(inNetworkNamespace: namespaceID.value).isEmpty, "the namespace should be gone with its last process")
     }
