@@ -27,7 +27,15 @@ static void child_exec(const vouch_spawn_request *r, pid_t parent, int err_fd) {
     sigemptyset(&all);
     sigprocmask(SIG_SETMASK, &all, NULL);
     for (int sig = 1; sig < NSIG; sig++) signal(sig, SIG_DFL);
-    setsid();
+    if (r->foreground) {
+        setpgid(0, 0);
+        /* We are a background group until this call, which would stop us. */
+        signal(SIGTTOU, SIG_IGN);
+        if (r->stdin_fd >= 0 && isatty(r->stdin_fd)) (void)tcsetpgrp(r->stdin_fd, getpid());
+        signal(SIGTTOU, SIG_DFL);
+    } else {
+        setsid();
+    }
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(127);
 
@@ -159,3 +167,10 @@ const char *vouch_library_path(void) {
 #include <stdio.h>
 
 void vouch_line_buffer_stdout(void) { setvbuf(stdout, NULL, _IOLBF, 0); }
+
+int vouch_take_terminal(int fd) {
+    void (*old)(int) = signal(SIGTTOU, SIG_IGN);
+    int result = tcsetpgrp(fd, getpgrp()) == 0 ? 0 : errno;
+    signal(SIGTTOU, old);
+    return result;
+}

@@ -7,12 +7,15 @@ struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Boot a test's machines and run its script.",
         discussion: """
-            The script is type-checked before any machine boots, then runs as its own \
-            process linked against the Vouch library. Without --script, all machines are \
-            booted and shut down again (a boot check). Exit status: 0 passed, 1 failed, \
-            2 bad spec or script, 130 interrupted, 143 global timeout. Everything is torn \
-            down in every case: machine processes end and the run directory is removed \
-            (unless -K).
+            The script is either Swift (test.swift: type-checked before any machine boots, \
+            then run as its own process linked against the Vouch library) or a nixpkgs \
+            Python test script (test.py, or the test_script of a --config file), run \
+            unchanged by python3 with the nixpkgs driver's globals. Without a script, all \
+            machines are booted and shut down again (a boot check). With -I, an \
+            interactive Python session opens instead (see `vouch repl`). Exit status: \
+            0 passed, 1 failed, 2 bad spec or script, 130 interrupted, 143 global \
+            timeout. Everything is torn down in every case: machine processes end and \
+            the run directory is removed (unless -K).
             """)
 
     @Argument(help: "The test spec (JSON). See README \"Test specs\".")
@@ -21,8 +24,11 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "nixpkgs driverConfiguration JSON instead of a spec.")
     var config: String?
 
-    @Option(name: .long, help: "A Swift test script.")
+    @Option(name: .long, help: "The test script: Swift (.swift) or nixpkgs Python (.py).")
     var script: String?
+
+    @Flag(name: [.customShort("I"), .long], help: "Open an interactive session instead of running the script.")
+    var interactive = false
 
     @OptionGroup var common: CommonRunOptions
 
@@ -36,22 +42,42 @@ struct Run: AsyncParsableCommand {
         request.specPath = spec.map(absolute)
         request.configPath = config.map(absolute)
         let testSpec: TestSpec
+        var python: PythonSource?
         do {
             testSpec = try request.loadSpec()
-            if let config, script == nil, try NixpkgsConfig.load(URL(fileURLWithPath: config)).testScript != nil {
-                throw VouchError(.unsupported, "\(config) carries a Python test_script; Python test scripts are not supported by Vouch yet (pass a Swift --script)")
+            if let script, script.hasSuffix(".py") {
+                python = .file(URL(fileURLWithPath: absolute(script)))
+            } else if let config, script == nil, let text = try NixpkgsConfig.load(URL(fileURLWithPath: config)).testScript {
+                python = FileManager.default.fileExists(atPath: text) ? .file(URL(fileURLWithPath: text)) : .inline(text)
+            }
+            if let python, case .file(let url) = python, !FileManager.default.fileExists(atPath: url.path) {
+                throw VouchError(.invalidSpec, "test script \(url.path) does not exist")
             }
         } catch let error as VouchError {
             fail(error)
         }
+        if interactive || python != nil {
+            if interactive, let script, !script.hasSuffix(".py") {
+                fail(VouchError(.invalidSpec, "the interactive session is Python; \(script) is not a .py script"))
+            }
+            let source = python
+            let session = interactive
+            throw ExitCode(await ScriptRunner.run(request) { driver in
+                try await PythonScript(path: try source?.file(in: driver), interactive: session).run(in: driver)
+            })
+        }
         guard let script else {
             throw ExitCode(await ScriptRunner.run(request) { driver in try await driver.startAll() })
         }
+        try await runSwift(script: script, request: request, machines: testSpec.machines.map(\.name))
+    }
+
+    private func runSwift(script: String, request: RunRequest, machines: [String]) async throws {
         let url = URL(fileURLWithPath: script).standardizedFileURL
         let executable: URL
         do {
             let began = ContinuousClock.now
-            let (built, cached) = try await ScriptCompiler().compile(script: url, machines: testSpec.machines.map(\.name))
+            let (built, cached) = try await ScriptCompiler().compile(script: url, machines: machines)
             let took = String(format: "%.2f s", (ContinuousClock.now - began).seconds)
             writeStderr("script \(url.lastPathComponent): \(cached ? "cached build" : "compiled in \(took)")\n")
             executable = built
@@ -64,6 +90,24 @@ struct Run: AsyncParsableCommand {
         let cArgs = argv.map { strdup($0) } + [nil]
         execv(executable.path, cArgs)
         fail(VouchError(.spawnFailed, "cannot run the compiled script \(executable.path): \(String(cString: strerror(errno)))"))
+    }
+}
+
+/// Where a Python test script comes from.
+enum PythonSource: Sendable {
+    case file(URL)
+    /// The script text itself (a driver configuration's `test_script`).
+    case inline(String)
+
+    /// A file holding the script (inline text is written into the run directory).
+    func file(in driver: Driver) throws -> URL {
+        switch self {
+        case .file(let url): return url
+        case .inline(let text):
+            let url = URL(fileURLWithPath: driver.runDirectory).appendingPathComponent("testScript.py")
+            try text.write(to: url, atomically: true, encoding: .utf8)
+            return url
+        }
     }
 }
 
@@ -88,6 +132,16 @@ struct CommonRunOptions: ParsableArguments {
         if let accel, Accelerator.Choice(rawValue: accel) == nil {
             throw ValidationError("--accel must be auto, kvm or tcg")
         }
+    }
+
+    /// These options as command-line arguments again (for `repl` → `run -I`).
+    func arguments() -> [String] {
+        var args = ["--output-directory", outputDirectory]
+        if let junitXML { args += ["--junit-xml", junitXML] }
+        if keepVmState { args.append("--keep-vm-state") }
+        if let globalTimeout { args += ["--global-timeout", String(globalTimeout)] }
+        if let accel { args += ["--accel", accel] }
+        return args
     }
 
     func request() -> RunRequest {

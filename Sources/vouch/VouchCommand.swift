@@ -13,8 +13,10 @@ struct VouchCommand: AsyncParsableCommand {
 
               vouch images build            build the default guest images
               vouch run SPEC --script T     boot the machines and run the test
+                                            (T: test.swift, or a nixpkgs test.py)
+              vouch repl SPEC               interactive Python session on the machines
               vouch check SPEC --script T   type-check a script without booting
               vouch bench                   measure boot and command round trips
             """,
-        subcommands: [Run.self, Check.self, Images.self, Bench.self])
+        subcommands: [Run.self, Repl.self, Check.self, Images.self, Bench.self])
 }

@@ -20,6 +20,11 @@ typedef struct {
     /* A descriptor to hand to the child as fd 3 (e.g. QEMU's end of the
        guest shell socket), or -1. */
     int inherit_fd;
+    /* Non-zero: stay in the caller's session, in a new process group that
+       becomes the foreground group of the terminal on stdin, so that the
+       terminal's ^C reaches the child (an interactive session) and not the
+       caller. The caller takes the terminal back with vouch_take_terminal. */
+    int foreground;
 } vouch_spawn_request;
 
 /// Starts a child in its own session whose parent-death signal is SIGKILL.
@@ -29,6 +34,10 @@ typedef struct {
 /// Swift's worker threads may exit while the child still runs.
 /// Returns 0 and stores the pid, or an errno value (also for a failed exec).
 int vouch_spawn(const vouch_spawn_request *request, pid_t *pid_out);
+
+/// Makes the caller's process group the foreground group of terminal `fd`
+/// again (after a `foreground` child). Returns 0 or an errno value.
+int vouch_take_terminal(int fd);
 
 /// waitpid() that retries on EINTR. Returns the raw status or -errno.
 int vouch_wait(pid_t pid);

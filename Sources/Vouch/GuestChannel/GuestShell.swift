@@ -114,6 +114,42 @@ actor GuestShell {
         try send(Array((line + "\n").utf8))
     }
 
+    /// Runs an interactive `bash -i` on the guest's console and relays bytes
+    /// between it and a user until it exits; the framing is then set up again.
+    /// The guest console is a tty in cooked mode meanwhile, so a ^C the user
+    /// types interrupts the guest command, not the session.
+    /// - Throws: `VouchError.machineDown` if the guest goes away,
+    ///   `.protocolError` if the framing cannot be restored after the user left.
+    func interact(input: ByteQueue, output: @escaping @Sendable ([UInt8]) -> Void) async throws {
+        try await lock()
+        defer { unlock() }
+        if let lost { throw VouchError(.protocolError, "the guest shell is unusable: \(lost)", machine: machine) }
+        let nonce = nextNonce()
+        try send(Array("stty sane 2>/dev/null; bash -i 2>&1; stty raw -echo 2>/dev/null; ".utf8)
+            + ShellFraming.setupScript(nonce: nonce))
+        let channel = self.channel
+        let relay = Task {
+            while let bytes = try? await input.next() { try? channel.send(bytes) }
+            guard !Task.isCancelled else { return }
+            // The user went away: end the guest shell so the framing comes back.
+            try? channel.send(ShellFraming.interrupt + Array("\nexit\n".utf8))
+        }
+        defer { relay.cancel() }
+        var scan = 0
+        while true {
+            let (match, next) = ShellFraming.findMarker(nonce: nonce, in: buffer, from: scan)
+            let safe = match?.outputEnd ?? next
+            if safe > 0 { output(Array(buffer[..<safe])) }
+            if let match {
+                buffer.removeFirst(match.end)
+                return
+            }
+            buffer.removeFirst(safe)
+            scan = 0
+            try await receive()
+        }
+    }
+
     /// Forgets the current session and waits for a new banner (after a reboot).
     func reconnect() async throws {
         buffer.removeAll()

@@ -13,6 +13,8 @@ public final class TestLog: Sendable {
     private struct State {
         var file: FileHandle?
         var status: String?
+        var serialOnTerminal = true
+        var statusLine = true
     }
 
     private let state: Mutex<State>
@@ -79,10 +81,24 @@ public final class TestLog: Sendable {
         }
     }
 
+    /// Whether the guests' serial console lines are shown on the terminal
+    /// (they always go to the log file). nixpkgs' `serial_stdout_on/off`.
+    public func showSerialOnTerminal(_ on: Bool) {
+        state.withLock { $0.serialOnTerminal = on }
+    }
+
+    /// Turns the live status line off for good, e.g. while an interactive
+    /// session owns the terminal.
+    public func disableStatusLine() {
+        setStatus(nil)
+        state.withLock { $0.statusLine = false }
+    }
+
     /// Shows (or, with nil, clears) a one-line status under the log on a terminal.
     public func setStatus(_ text: String?) {
         guard live else { return }
         state.withLock { s in
+            guard s.statusLine else { return }
             s.status = text
             var out = "\r\u{1B}[2K"
             if let text { out += "\u{1B}[2m" + String(text.prefix(terminalWidth() - 1)) + "\u{1B}[0m" }
@@ -129,7 +145,7 @@ public final class TestLog: Sendable {
                     + styled(String(line), style) + "\n"
             }
             if let data = plain.data(using: .utf8) { try? s.file?.write(contentsOf: data) }
-            guard !quiet, style != .debug || Self.debugToTerminal else { return }
+            guard !quiet, style != .debug || Self.debugToTerminal, style != .serial || s.serialOnTerminal else { return }
             var out = live && s.status != nil ? "\r\u{1B}[2K" : ""
             out += color ? fancy : plain
             if live, let status = s.status {

@@ -46,7 +46,10 @@ final class ChildProcess: Sendable {
     /// With `controllingTerminal`, the first of the child's stdin, stdout and
     /// stderr that is a terminal (e.g. `stdoutFD` = a pty slave) becomes its
     /// controlling terminal, so `/dev/tty` and the terminal's signal keys work.
-    /// `inheritedFD` is handed to the child as its fd 3.
+    /// `inheritedFD` is handed to the child as its fd 3. `standardStreams`
+    /// gives the child these descriptors as stdin, stdout and stderr (for
+    /// streams not piped). With `foreground`, the child stays in this session
+    /// as the foreground process group of the terminal on its stdin.
     /// - Throws: `VouchError.spawnFailed` naming the program when it cannot be found or executed.
     init(
         _ executable: String,
@@ -56,7 +59,9 @@ final class ChildProcess: Sendable {
         pipes: Pipes = [.stdout, .stderr],
         stdoutFD: Int32? = nil,
         controllingTerminal: Bool = false,
-        inheritedFD: Int32? = nil
+        inheritedFD: Int32? = nil,
+        standardStreams: (Int32, Int32, Int32)? = nil,
+        foreground: Bool = false
     ) throws {
         guard let path = ChildProcess.resolve(executable) else {
             throw VouchError.spawnFailed(program: executable, reason: "not found in PATH")
@@ -72,7 +77,8 @@ final class ChildProcess: Sendable {
             _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
             return (fds[0], fds[1])
         }
-        var stdinRead: Int32 = -1, stdoutWrite: Int32 = stdoutFD ?? -1, stderrWrite: Int32 = -1
+        var stdinRead: Int32 = standardStreams?.0 ?? -1, stdoutWrite: Int32 = stdoutFD ?? standardStreams?.1 ?? -1
+        var stderrWrite: Int32 = standardStreams?.2 ?? -1
         var stdinWrite: Int32?, stdoutRead: Int32?, stderrRead: Int32?
         if pipes.contains(.stdin) {
             let p = try makePipe(); stdinRead = p.read; stdinWrite = p.write; toClose.append(p.read)
@@ -95,7 +101,8 @@ final class ChildProcess: Sendable {
                         var request = vouch_spawn_request(
                             path: cPath, argv: cArgv, envp: cEnvp, cwd: cCwd,
                             stdin_fd: stdinRead, stdout_fd: stdoutWrite, stderr_fd: stderrWrite,
-                            set_ctty: controllingTerminal ? 1 : 0, inherit_fd: inheritedFD ?? -1)
+                            set_ctty: controllingTerminal ? 1 : 0, inherit_fd: inheritedFD ?? -1,
+                            foreground: foreground ? 1 : 0)
                         return vouch_spawn(&request, &pid)
                     }
                 }

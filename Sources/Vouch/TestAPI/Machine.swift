@@ -41,9 +41,12 @@ public actor Machine {
         self.makeBackend = makeBackend
     }
 
-    /// Replaces characters that cannot appear in an identifier with `_`, as nixpkgs does.
+    /// Replaces characters that cannot appear in an identifier with `_`, and
+    /// a leading digit too, as nixpkgs does (`a-b` is `a_b`, `1a` is `_a`).
     public static func variableName(for node: String) -> String {
-        String(node.map { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") ? $0 : "_" })
+        var name = node.map { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") ? $0 : "_" }
+        if let first = name.first, first.isNumber { name[0] = "_" }
+        return String(name)
     }
 
     // MARK: - Lifecycle
@@ -125,6 +128,24 @@ public actor Machine {
             throw VouchError(.timeout, "did not power off within \(formatSeconds(timeout)); killed it", machine: name,
                              outputTail: console.tail())
         }
+    }
+
+    /// Waits until the machine powers off by itself (it does not ask it to).
+    /// Returns at once if it is not running.
+    /// - Throws: `VouchError.timeout` after `timeout` seconds.
+    public func waitForShutdown(timeout: Double = 900) async throws {
+        guard let backend, backend.exitStatus == nil else { return }
+        log.log("waiting for the machine to power off", machine: name)
+        do {
+            let status = try await withDeadline(seconds: timeout) { try await backend.waitForExit() }
+            log.log("powered off (\(backend.kind) \(status))", machine: name)
+        } catch is DeadlineExceeded {
+            throw VouchError(.timeout, "did not power off within \(formatSeconds(timeout))", machine: name,
+                             outputTail: console.tail())
+        }
+        await shell?.markLost("the machine powered off")
+        booted = false
+        shell = nil
     }
 
     /// Stops the machine abruptly, like pulling the power cord.
@@ -209,6 +230,17 @@ public actor Machine {
     public func sendKey(_ combination: String) async throws {
         guard let backend else { throw VouchError(.machineDown, "not started", machine: name) }
         try await backend.sendKeys(combination.split(separator: "-").map(String.init))
+    }
+
+    /// Gives a user an interactive shell on the guest: `input` is what they
+    /// type, `output` gets what the guest prints. Returns when that shell exits.
+    /// - Throws: `VouchError.machineDown` / `.protocolError` from the guest shell.
+    func shellInteract(input: ByteQueue, output: @escaping @Sendable ([UInt8]) -> Void) async throws {
+        try await start()
+        guard let shell else { throw VouchError(.machineDown, "the machine is not running", machine: name) }
+        log.log("interactive shell started", machine: name)
+        try await shell.interact(input: input, output: output)
+        log.log("interactive shell ended", machine: name)
     }
 
     /// Releases the backend (teardown). Never throws.

@@ -1,0 +1,113 @@
+internal import CVouch
+import Foundation
+import Glibc
+
+/// A nixpkgs-style Python test script, run unchanged by the real Python 3
+/// interpreter against a Vouch `Driver`.
+///
+/// The interpreter runs Vouch's thin `vouch_driver` package (in `python/`),
+/// which gives the script the nixpkgs globals and relays every call over a
+/// socket pair (fd 3) to `BridgeServer`; booting, commands, waits, logging
+/// and JUnit all happen here.
+public struct PythonScript: Sendable {
+    /// The script file, or nil for an interactive session without one.
+    public var path: URL?
+    /// Opens an interactive prompt (`vouch repl`) instead of running the script.
+    public var interactive: Bool
+
+    public init(path: URL?, interactive: Bool = false) {
+        self.path = path
+        self.interactive = interactive
+    }
+
+    /// Runs the script (or the session) to its end.
+    /// - Throws: `VouchError.assertionFailed` with the script's traceback when
+    ///   the script raises; `.spawnFailed` without Python or the
+    ///   `vouch_driver` package; `CancellationError` (the interpreter is
+    ///   killed first).
+    public func run(in driver: Driver) async throws {
+        let package = try Self.packageDirectory()
+        let python = ProcessInfo.processInfo.environment["VOUCH_PYTHON"] ?? "python3"
+        var environment = ProcessInfo.processInfo.environment
+        environment["PYTHONPATH"] = ([package.path] + [environment["PYTHONPATH"]].compactMap { $0 }).joined(separator: ":")
+        environment["VOUCH_BRIDGE_FD"] = "3"
+        environment["PYTHONDONTWRITEBYTECODE"] = "1"
+        var arguments = ["-u", "-m", "vouch_driver", interactive ? "repl" : "run"]
+        if let path { arguments.append(path.path) }
+
+        let (ours, theirs) = try UnixSocket.pair()
+        let process: ChildProcess
+        do {
+            process = interactive
+                ? try ChildProcess(python, arguments, environment: environment, pipes: [], inheritedFD: theirs,
+                                   standardStreams: (0, 1, 2), foreground: isatty(0) == 1)
+                : try ChildProcess(python, arguments, environment: environment, pipes: [.stdout, .stderr], inheritedFD: theirs)
+        } catch {
+            close(theirs)
+            close(ours)
+            throw error
+        }
+        close(theirs)
+        let server = BridgeServer(driver: driver, socket: ours, script: path, runDirectory: driver.runDirectory)
+        if interactive { driver.log.disableStatusLine() }
+        defer { if interactive { _ = vouch_take_terminal(0) } }
+        let status: ExitStatus = try await withTaskCancellationHandler {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                if let out = process.stdout { group.addTask { await forwardLines(out.queue) { driver.log.log($0) } } }
+                if let err = process.stderr { group.addTask { await forwardLines(err.queue) { server.noteStandardError($0) } } }
+                do {
+                    try await server.serve()
+                } catch {
+                    await process.terminate(grace: 1)
+                    throw error
+                }
+                // The interpreter closes the bridge as it exits; give it a moment to finish.
+                let status: ExitStatus
+                if let exited = try? await withDeadline(seconds: 10, { try await process.waitForExit() }) {
+                    status = exited
+                } else {
+                    status = await process.terminate(grace: 1)
+                }
+                kill(-process.pid, SIGKILL)  // stray children of the script would keep its output open
+                try await group.waitForAll()
+                return status
+            }
+        } onCancel: {
+            process.signal(SIGKILL)
+        }
+        try server.outcome(status: status, script: path?.lastPathComponent ?? "the interactive session")
+    }
+
+    /// Where the `vouch_driver` package is: `$VOUCH_PYTHON_PATH`, then
+    /// `python/` next to libVouch.so (installed), then the source checkout's.
+    /// - Throws: `VouchError.spawnFailed` listing where it looked.
+    static func packageDirectory() throws -> URL {
+        var candidates: [URL] = []
+        if let env = ProcessInfo.processInfo.environment["VOUCH_PYTHON_PATH"], !env.isEmpty {
+            candidates.append(URL(fileURLWithPath: env))
+        }
+        if let lib = vouch_library_path().map({ String(cString: $0) }) {
+            candidates.append(URL(fileURLWithPath: lib).resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("python"))
+        }
+        if let checkout = ImageStore.sourceCheckout { candidates.append(checkout.appendingPathComponent("python")) }
+        if let found = candidates.first(where: {
+            FileManager.default.fileExists(atPath: $0.appendingPathComponent("vouch_driver/__main__.py").path)
+        }) {
+            return found
+        }
+        throw VouchError(.spawnFailed, "cannot find Vouch's Python package vouch_driver (looked in \(candidates.map(\.path).joined(separator: ", ")); set VOUCH_PYTHON_PATH)")
+    }
+}
+
+/// Calls `body` with each line from `queue` until it ends.
+func forwardLines(_ queue: ByteQueue, _ body: @Sendable (String) -> Void) async {
+    var pending: [UInt8] = []
+    while let chunk = try? await queue.next() {
+        pending.append(contentsOf: chunk)
+        while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+            body(String(decoding: pending[..<newline], as: UTF8.self))
+            pending.removeFirst(newline + 1)
+        }
+    }
+    if !pending.isEmpty { body(String(decoding: pending, as: UTF8.self)) }
+}

@@ -1,0 +1,10 @@
+"""Vouch's nixpkgs compatibility layer: run nixpkgs test scripts unchanged.
+
+The interpreter only relays calls; Vouch boots the machines and runs every
+command.  See `python -m vouch_driver --help`.
+"""
+
+from .bridge import NotSupportedByVouch, RequestedAssertionFailed, VouchError
+from .machine import Machine
+
+__all__ = ["Machine", "NotSupportedByVouch", "RequestedAssertionFailed", "VouchError"]
