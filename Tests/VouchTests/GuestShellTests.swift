@@ -149,6 +149,20 @@ import Testing
         }
     }
 
+    /// A caller that gives up (Ctrl-C in a session) stops the guest command
+    /// too, so the next command answers at once instead of queueing behind it.
+    @Test func cancelledCommandIsInterruptedInTheGuest() async throws {
+        try await withFakeShell { shell, _ in
+            let call = Task { try await shell.run("sleep 61.2345; echo never", timeout: 120) }
+            try await Task.sleep(for: .milliseconds(300))
+            call.cancel()
+            await #expect(throws: CancellationError.self) { try await call.value }
+            let r = try await shell.run("echo next", timeout: 10)
+            #expect(r.text == "next\n")
+            #expect(try await shell.run("pgrep -f '[s]leep 61.2345' || echo none", timeout: 10).text == "none\n")
+        }
+    }
+
     /// `trap '' INT` makes both ^C useless; the ^\ that follows (SIGQUIT,
     /// default action in the command's subshell) ends it, and the shell is
     /// usable again, after the two 3 s grace periods.

@@ -56,7 +56,8 @@ def repl(script):
         f"machines: {names or '(none)'}; nothing is booted until you ask.\n"
         "start_all(), <machine>.succeed(\"...\"), <machine>.shell_interact(), "
         + ("test_script() runs the test script, " if script else "")
-        + "Ctrl-D ends the session and tears everything down."
+        + "serial_stdout_on() shows the guests' consoles.\n"
+        "Ctrl-C stops the running call; Ctrl-D ends the session and tears everything down."
     )
     console = code.InteractiveConsole(symbols, filename="<vouch>")
     console.interact(banner=banner, exitmsg="ending the session")

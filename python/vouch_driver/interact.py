@@ -20,8 +20,6 @@ def shell_interact(machine):
     stream = bridge().socket_path_stream(path)
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd) if os.isatty(fd) else None
-    sys.stdout.write(f"[{machine.name}: interactive shell; Ctrl-D or `exit` returns]\r\n")
-    sys.stdout.flush()
     try:
         if saved is not None:
             tty.setraw(fd)

@@ -69,6 +69,14 @@ actor GuestShell {
         try send(ShellFraming.commandLine(command, nonce: nonce))
         do {
             return try await withDeadline(seconds: timeout) { try await self.readAnswer(nonce: nonce) }
+        } catch is CancellationError {
+            // The caller gave up (Ctrl-C in a session, a failed sibling): stop
+            // the command too, or the next one would wait behind it. Recovery
+            // runs in its own task because this one is cancelled.
+            if answered?.nonce != nonce {
+                _ = await Task { await self.recover(nonce: nonce, patience: 1) }.value
+            }
+            throw CancellationError()
         } catch is DeadlineExceeded {
             // The command finished at the deadline: its answer is complete.
             if let answered, answered.nonce == nonce { return answered.result }
@@ -224,11 +232,12 @@ actor GuestShell {
         }
     }
 
-    /// Interrupts the running command and reads up to its marker.
-    private func recover(nonce: String) async -> Bool {
+    /// Interrupts the running command and reads up to its marker, waiting
+    /// `patience` seconds after each of ^C, ^C and ^\\.
+    private func recover(nonce: String, patience: Double = 3) async -> Bool {
         for signal in [ShellFraming.interrupt, ShellFraming.interrupt, ShellFraming.quit] {
             guard (try? send(signal)) != nil else { break }
-            if (try? await withDeadline(seconds: 3, { try await self.readAnswer(nonce: nonce) })) != nil
+            if (try? await withDeadline(seconds: patience, { try await self.readAnswer(nonce: nonce) })) != nil
                 || answered?.nonce == nonce
             {
                 return true

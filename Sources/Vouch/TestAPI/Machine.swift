@@ -238,9 +238,7 @@ public actor Machine {
     func shellInteract(input: ByteQueue, output: @escaping @Sendable ([UInt8]) -> Void) async throws {
         try await start()
         guard let shell else { throw VouchError(.machineDown, "the machine is not running", machine: name) }
-        log.log("interactive shell started", machine: name)
         try await shell.interact(input: input, output: output)
-        log.log("interactive shell ended", machine: name)
     }
 
     /// Releases the backend (teardown). Never throws.

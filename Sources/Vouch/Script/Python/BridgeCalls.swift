@@ -81,7 +81,9 @@ extension BridgeServer {
             return .number(Double(try await m.forwardPort(host: a.int("host_port"), guest: a.int("guest_port") ?? 80)))
         case "send_key": try await m.sendKey(try need("key"))
         case "shell_interact": return .string(try await startInteraction(m))
-        case "shell_interact_done": try await takeInteraction(for: m.name)?.value
+        case "shell_interact_done":
+            try await takeInteraction(for: m.name)?.value
+            driver.log.log("interactive shell ended", machine: m.name)
         default:
             throw VouchError(.unsupported, "not supported yet by Vouch: \(request.call)", machine: name)
         }
@@ -120,6 +122,7 @@ extension BridgeServer {
         let path = runDirectory + "/interact-\(machine.variableName).sock"
         unlink(path)
         let listener = try UnixSocket.listen(path: path)
+        driver.log.log("interactive shell starting (Ctrl-D or exit returns)", machine: machine.name)
         let task = Task {
             defer { close(listener); unlink(path) }
             let fd = try await acceptOne(listener, within: 30)

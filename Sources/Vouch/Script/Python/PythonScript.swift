@@ -49,7 +49,12 @@ public struct PythonScript: Sendable {
         }
         close(theirs)
         let server = BridgeServer(driver: driver, socket: ours, script: path, runDirectory: driver.runDirectory)
-        if interactive { driver.log.disableStatusLine() }
+        if interactive {
+            // The prompt owns the terminal: no status line, and guest consoles
+            // only in the log file until serial_stdout_on().
+            driver.log.disableStatusLine()
+            driver.log.showSerialOnTerminal(false)
+        }
         defer { if interactive { _ = vouch_take_terminal(0) } }
         let status: ExitStatus = try await withTaskCancellationHandler {
             try await withThrowingTaskGroup(of: Void.self) { group in
