@@ -25,8 +25,12 @@ struct Bench: AsyncParsableCommand {
     @Flag(help: "Measure startAll of 1, 2 and 4 minimal machines and the ping round trip between two, instead.")
     var network = false
 
+    @Flag(help: "Measure Swift script compile time and the Python bridge's per-call cost, instead.")
+    var scripts = false
+
     func run() async throws {
         if network { return try await runNetwork() }
+        if scripts { return try await runScripts() }
         var rows: [[String]] = []
         var accelerator = "unknown"
         for image in images.split(separator: ",").map(String.init) {
