@@ -50,6 +50,23 @@ final class CLITests {
         #expect(output.contains("broken.swift:2:"), "\(output)")
     }
 
+    /// Every global the issue promises scripts: node variables (mangled),
+    /// `machine` for a single node, `driver`, `vlans`, the helpers.
+    @Test func scriptGlobalsTypeCheck() async throws {
+        let spec = try write("two.json", #"{"machines": {"web-server": {"image": "minimal"}, "client": {"image": "minimal"}}}"#)
+        let script = try write("globals.swift", """
+            let all: [Machine] = [web_server, client]
+            let numbers: [Int] = vlans
+            let d: Driver = driver
+            try await subtest("s") { try await waitAll(all) { try await $0.succeed("true") } }
+            try await retry(attempts: 2, delay: 0.1) { try assertTrue(numbers == [1] && d.machines.count == 2) }
+            try await retry(timeout: 1) { try assertFalse(false); try assertNotEqual(1, 2) }
+            _ = try await assertThrows { try await client.fail("true") }
+            """)
+        let (status, output) = try await runCLI(["check", spec, "--script", script])
+        #expect(status == 0, "\(output)")
+    }
+
     @Test func scriptFailureReportsScriptLineAndJUnit() async throws {
         let spec = try write("one.json", #"{"machines": {"machine": {"image": "minimal"}}}"#)
         let script = try write("fails.swift", """
@@ -145,5 +162,42 @@ func children(of parent: pid_t) -> [(pid: String, comm: String)] {
         let comm = String(stat[stat.index(after: open)..<close])
         let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
         return fields.count > 1 && fields[1] == "\(parent)" ? (pid, comm) : nil
+    }
+}
+
+/// `scripts/install` lays Vouch out under a prefix; Swift and Python scripts
+/// then run from there, with nothing taken from the source checkout.
+@Suite(.serialized)
+struct InstallTests {
+    @Test func installedVouchRunsSwiftAndPythonScripts() async throws {
+        let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vouch-install-\(UUID().uuidString.prefix(8))")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let prefix = dir.appendingPathComponent("prefix")
+        let (installed, log) = try await ChildProcess.run(
+            packageRoot.appendingPathComponent("scripts/install").path, ["--from", packageRoot.appendingPathComponent(".build/debug").path, prefix.path])
+        #expect(installed == .exited(0), "\(log)")
+        let vouch = prefix.appendingPathComponent("bin/vouch").path
+        let spec = packageRoot.appendingPathComponent("Tests/Conformance/one-node.json").path
+        let swiftScript = dir.appendingPathComponent("t.swift")
+        try "try assertEqual(try await machine.succeed(\"echo swift-ok\"), \"swift-ok\\n\")\n".write(to: swiftScript, atomically: true, encoding: .utf8)
+        let pyScript = dir.appendingPathComponent("t.py")
+        try """
+            import vouch_driver
+            assert vouch_driver.__file__.startswith("\(prefix.path)/lib/vouch/python/"), vouch_driver.__file__
+            assert machine.succeed("echo py-ok") == "py-ok\\n"
+            """.write(to: pyScript, atomically: true, encoding: .utf8)
+        var env = ProcessInfo.processInfo.environment
+        env["VOUCH_IMAGES"] = try GuestImage.resolve("minimal").kernel.deletingLastPathComponent().deletingLastPathComponent().path
+        env["XDG_CACHE_HOME"] = dir.appendingPathComponent("cache").path
+        for script in [swiftScript, pyScript] {
+            let (status, output) = try await ChildProcess.run(vouch, ["run", spec, "--script", script.path, "-o", dir.appendingPathComponent("out").path],
+                                                              environment: env, workingDirectory: dir.path)
+            #expect(status == .exited(0), "\(script.lastPathComponent): \(output.suffix(2000))")
+        }
+        // The Swift script was compiled against the installed library, into the private cache.
+        let cached = try FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("cache/vouch/scripts").path)
+        #expect(cached.contains { $0.hasPrefix("script-") })
+        let (listed, images) = try await ChildProcess.run(vouch, ["images", "list"], environment: env)
+        #expect(listed == .exited(0) && images.contains("minimal"), "\(images)")
     }
 }

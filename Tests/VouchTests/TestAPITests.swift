@@ -98,6 +98,20 @@ struct Flaky: Error, CustomStringConvertible {
         #expect(e5?.message == "custom message")
     }
 
+    @Test func unittestLikeAssertions() async throws {
+        try assertFalse(false)
+        let e1 = #expect(throws: VouchError.self) { try assertFalse(true, "was true") }
+        #expect(e1?.message == "was true")
+        try assertNotEqual(1, 2)
+        let e2 = #expect(throws: VouchError.self) { try assertNotEqual("x", "x") }
+        #expect(e2?.message == "expected anything but x")
+        let thrown = try await assertThrows { throw VouchError(.timeout, "slow") }
+        #expect((thrown as? VouchError)?.kind == .timeout)
+        let e3 = await #expect(throws: VouchError.self) { try await assertThrows { 42 } }
+        #expect(e3?.message == "expected an error, got 42")
+        #expect(e3?.kind == .assertionFailed)
+    }
+
     @Test func subtestWithoutADriverRunsAndRethrows() async throws {
         #expect(Driver.current == nil)
         let value = try await subtest("outside a run") { 42 }
@@ -110,6 +124,7 @@ struct Flaky: Error, CustomStringConvertible {
     @Test func variableNames() {
         #expect(Machine.variableName(for: "web-server.1") == "web_server_1")
         #expect(Machine.variableName(for: "plain_name2") == "plain_name2")
+        #expect(Machine.variableName(for: "1st-node") == "_st_node")
         #expect(shellQuote("it's") == "'it'\\''s'")
     }
 }

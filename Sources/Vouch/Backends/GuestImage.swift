@@ -95,9 +95,15 @@ public enum ImageStore {
         return nil
     }
 
-    /// The image build script.
+    /// The image build script: `$VOUCH_IMAGE_RECIPE`, the source checkout's,
+    /// or an installed one (`PREFIX/share/vouch/images`, see scripts/install).
     public static var buildScript: URL? {
         if let env = ProcessInfo.processInfo.environment["VOUCH_IMAGE_RECIPE"] { return URL(fileURLWithPath: env) }
-        return sourceCheckout?.appendingPathComponent("images/build.sh")
+        if let checkout = sourceCheckout { return checkout.appendingPathComponent("images/build.sh") }
+        guard let library = vouch_library_path().map({ String(cString: $0) }) else { return nil }
+        let installed = URL(fileURLWithPath: library).resolvingSymlinksInPath()
+            .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("share/vouch/images/build.sh")
+        return FileManager.default.fileExists(atPath: installed.path) ? installed : nil
     }
 }

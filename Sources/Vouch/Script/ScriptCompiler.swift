@@ -7,7 +7,7 @@ import Glibc
 /// The script becomes an executable linked against libVouch.so: its
 /// top-level code is the body of a closure in which every
 /// machine is a `let` named after its node (`machine` too when there is only
-/// one), plus `driver`. `#sourceLocation` keeps compiler errors and runtime
+/// one), plus `driver` and `vlans` (the VLAN numbers). `#sourceLocation` keeps compiler errors and runtime
 /// failures pointing at the script's own file and lines.
 public struct ScriptCompiler: Sendable {
     /// Where compiled scripts are cached.
@@ -42,6 +42,7 @@ public struct ScriptCompiler: Sendable {
             let v = Machine.variableName(for: m)
             out += "            let \(v) = try driver.machine(\"\(m)\"); _ = \(v)\n"
         }
+        out += "            let vlans = driver.network.vlans; _ = vlans\n"
         if machines.count == 1, Machine.variableName(for: machines[0]) != "machine" {
             out += "            let machine = try driver.machine(\"\(machines[0])\"); _ = machine\n"
         }

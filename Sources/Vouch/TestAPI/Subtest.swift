@@ -108,6 +108,34 @@ public func assertTrue(_ condition: Bool, _ message: String = "assertion failed"
     guard condition else { throw VouchError(.assertionFailed, message, location: .init(file: file, line: line)) }
 }
 
+/// Fails if `condition` holds.
+/// - Throws: `VouchError.assertionFailed` with `message`.
+public func assertFalse(_ condition: Bool, _ message: String = "expected false", file: String = #filePath, line: Int = #line) throws {
+    guard !condition else { throw VouchError(.assertionFailed, message, location: .init(file: file, line: line)) }
+}
+
+/// Fails if `actual` equals `unexpected`.
+/// - Throws: `VouchError.assertionFailed` naming the value.
+public func assertNotEqual<T: Equatable>(_ actual: T, _ unexpected: T, file: String = #filePath, line: Int = #line) throws {
+    guard actual != unexpected else {
+        throw VouchError(.assertionFailed, "expected anything but \(unexpected)", location: .init(file: file, line: line))
+    }
+}
+
+/// Fails unless `body` throws; returns the error for further checks.
+/// - Throws: `VouchError.assertionFailed` if `body` returns normally.
+@discardableResult
+public func assertThrows<T>(file: String = #filePath, line: Int = #line, _ body: () async throws -> T) async throws -> any Error {
+    do {
+        let value = try await body()
+        throw VouchError(.assertionFailed, "expected an error, got \(value)", location: .init(file: file, line: line))
+    } catch let error as VouchError where error.kind == .assertionFailed && error.location?.line == line && error.location?.file == file {
+        throw error
+    } catch {
+        return error
+    }
+}
+
 func firstLine(_ error: any Error) -> String {
     "\(error)".split(separator: "\n").first.map(String.init) ?? "\(error)"
 }
