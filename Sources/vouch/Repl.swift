@@ -15,11 +15,7 @@ struct Repl: AsyncParsableCommand {
             prompt ends the session and tears everything down. Same as `vouch run -I`.
             """)
 
-    @Argument(help: "The test spec (JSON).")
-    var spec: String?
-
-    @Option(name: .long, help: "nixpkgs driverConfiguration JSON instead of a spec.")
-    var config: String?
+    @OptionGroup var source: TestSource
 
     @Option(name: .long, help: "A nixpkgs Python test script that test_script() runs.")
     var script: String?
@@ -27,13 +23,11 @@ struct Repl: AsyncParsableCommand {
     @OptionGroup var common: CommonRunOptions
 
     func validate() throws {
-        if spec == nil && config == nil { throw ValidationError("give a spec file or --config") }
-        if spec != nil && config != nil { throw ValidationError("give either a spec file or --config, not both") }
         if let script, !script.hasSuffix(".py") { throw ValidationError("the session is Python: --script must be a .py file") }
     }
 
     func run() async throws {
-        let run = try Run.parse((spec.map { [$0] } ?? []) + (config.map { ["--config", $0] } ?? [])
+        let run = try Run.parse(source.arguments
             + (script.map { ["--script", $0] } ?? []) + ["-I"] + common.arguments())
         try await run.run()
     }

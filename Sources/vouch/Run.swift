@@ -18,11 +18,7 @@ struct Run: AsyncParsableCommand {
             the run directory is removed (unless -K).
             """)
 
-    @Argument(help: "The test spec (JSON). See README \"Test specs\".")
-    var spec: String?
-
-    @Option(name: .long, help: "nixpkgs driverConfiguration JSON instead of a spec.")
-    var config: String?
+    @OptionGroup var source: TestSource
 
     @Option(name: .long, help: "The test script: Swift (.swift) or nixpkgs Python (.py).")
     var script: String?
@@ -32,22 +28,17 @@ struct Run: AsyncParsableCommand {
 
     @OptionGroup var common: CommonRunOptions
 
-    func validate() throws {
-        if spec == nil && config == nil { throw ValidationError("give a spec file or --config") }
-        if spec != nil && config != nil { throw ValidationError("give either a spec file or --config, not both") }
-    }
-
     func run() async throws {
         var request = common.request()
-        request.specPath = spec.map(absolute)
-        request.configPath = config.map(absolute)
+        request.specPath = source.spec.map(absolute)
+        request.configPath = source.config.map(absolute)
         let testSpec: TestSpec
         var python: PythonSource?
         do {
             testSpec = try request.loadSpec()
             if let script, script.hasSuffix(".py") {
                 python = .file(URL(fileURLWithPath: absolute(script)))
-            } else if let config, script == nil, let text = try NixpkgsConfig.load(URL(fileURLWithPath: config)).testScript {
+            } else if let config = source.config, script == nil, let text = try NixpkgsConfig.load(URL(fileURLWithPath: config)).testScript {
                 python = FileManager.default.fileExists(atPath: text) ? .file(URL(fileURLWithPath: text)) : .inline(text)
             }
             if let python, case .file(let url) = python, !FileManager.default.fileExists(atPath: url.path) {
@@ -109,6 +100,23 @@ enum PythonSource: Sendable {
             return url
         }
     }
+}
+
+/// Where the test comes from: a spec, or a nixpkgs driver configuration.
+struct TestSource: ParsableArguments {
+    @Argument(help: "The test spec (JSON). See README \"Spec reference\".")
+    var spec: String?
+
+    @Option(name: .long, help: "nixpkgs driverConfiguration JSON instead of a spec.")
+    var config: String?
+
+    func validate() throws {
+        if spec == nil && config == nil { throw ValidationError("give a spec file or --config") }
+        if spec != nil && config != nil { throw ValidationError("give either a spec file or --config, not both") }
+    }
+
+    /// These options as command-line arguments again.
+    var arguments: [String] { (spec.map { [$0] } ?? []) + (config.map { ["--config", $0] } ?? []) }
 }
 
 /// Options shared by `run` and `bench`.

@@ -50,6 +50,16 @@ final class CLITests {
         #expect(output.contains("broken.swift:2:"), "\(output)")
     }
 
+    @Test func pythonScriptSyntaxErrorsPointAtTheScript() async throws {
+        let spec = try write("one.json", #"{"machines": {"machine": {"image": "minimal"}}}"#)
+        let good = try write("good.py", "machine.succeed('true')\n")
+        #expect(try await runCLI(["check", spec, "--script", good]).status == 0)
+        let bad = try write("bad.py", "machine.succeed('true')\nif True\n    pass\n")
+        let (status, output) = try await runCLI(["check", spec, "--script", bad])
+        #expect(status == 2)
+        #expect(output.contains("bad.py\", line 2"), "\(output)")
+    }
+
     /// Every global the issue promises scripts: node variables (mangled),
     /// `machine` for a single node, `driver`, `vlans`, the helpers.
     @Test func scriptGlobalsTypeCheck() async throws {

@@ -83,6 +83,17 @@ public struct PythonScript: Sendable {
         try server.outcome(status: status, script: path?.lastPathComponent ?? "the interactive session")
     }
 
+    /// Parses `script` with the interpreter, without running it.
+    /// - Throws: `VouchError.invalidSpec` with Python's message (file and line).
+    public static func checkSyntax(_ script: URL) async throws {
+        let python = ProcessInfo.processInfo.environment["VOUCH_PYTHON"] ?? "python3"
+        let (status, output) = try await ChildProcess.run(
+            python, ["-c", "import ast, sys; ast.parse(open(sys.argv[1], encoding='utf-8').read(), sys.argv[1])", script.path])
+        guard status == .exited(0) else {
+            throw VouchError(.invalidSpec, "test script \(script.path) does not parse", outputTail: tail(output, lines: 12))
+        }
+    }
+
     /// Where the `vouch_driver` package is: `$VOUCH_PYTHON_PATH`, then
     /// `python/` next to libVouch.so (installed), then the source checkout's.
     /// - Throws: `VouchError.spawnFailed` listing where it looked.
