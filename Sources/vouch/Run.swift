@@ -47,6 +47,10 @@ struct Run: AsyncParsableCommand {
         } catch let error as VouchError {
             fail(error)
         }
+        if interactive, common.globalTimeout == nil {
+            // As in nixpkgs, a session is not cut short by the test's global timeout.
+            request.globalTimeout = 1e9
+        }
         if interactive || python != nil {
             if interactive, let script, !script.hasSuffix(".py") {
                 fail(VouchError(.invalidSpec, "the interactive session is Python; \(script) is not a .py script"))
