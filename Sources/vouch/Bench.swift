@@ -25,8 +25,12 @@ struct Bench: AsyncParsableCommand {
     @Flag(help: "Measure startAll of 1, 2 and 4 minimal machines and the ping round trip between two, instead.")
     var network = false
 
+    @Option(help: "Compare backends instead (comma-separated: qemu,nspawn,ssh): boot to first command and round trips.")
+    var backends: String?
+
     func run() async throws {
         if network { return try await runNetwork() }
+        if let backends { return try await runBackends(backends) }
         var rows: [[String]] = []
         var accelerator = "unknown"
         for image in images.split(separator: ",").map(String.init) {

@@ -85,8 +85,9 @@ final class NspawnBackend: Backend {
             }
         }
         let args = commandLine.arguments()
-        let process = try enter.map { try ChildProcess("nsenter", $0 + NspawnCommandLine.inNetworkNamespace(args)) }
-            ?? ChildProcess("systemd-nspawn", args)
+        let wrapped = NspawnCommandLine.wrapped(args, networkNamespace: enter != nil)
+        let process = try enter.map { try ChildProcess("nsenter", $0 + wrapped) }
+            ?? ChildProcess(wrapped[0], Array(wrapped.dropFirst()))
         let console = context.console
         let pumps = [process.stdout!, process.stderr!].map { reader in
             Task { while let chunk = try? await reader.queue.next() { console.feed(chunk) } }
@@ -126,7 +127,7 @@ final class NspawnBackend: Backend {
     private func supervise(first: ChildProcess) async {
         var nspawn = first
         while !Task.isCancelled {
-            if nspawn.exitStatus == nil, let initPID = NspawnHost.initPID(under: nspawn.pid, excluding: nil) {
+            if nspawn.exitStatus == nil, let initPID = NspawnHost.initPID(under: nspawn.pid) {
                 state.withLock { $0.initPID = initPID }
                 do {
                     try await runSession(initPID: initPID)

@@ -24,6 +24,7 @@ struct NspawnCommandLine: Sendable, Equatable {
     func arguments() -> [String] {
         var args = [
             "--quiet", "--register=no", "--keep-unit", "--boot", "--volatile=overlay", "--console=passive",
+            "--setenv=SYSTEMD_COLORS=0",
             "--directory=\(rootDirectory)", "--machine=\(machineName)", "--hostname=\(hostname)",
             "--bind=\(sharedDirectory):/tmp/shared",
         ]
@@ -39,14 +40,21 @@ struct NspawnCommandLine: Sendable, Equatable {
         return args + extraArgs + ["systemd.hostname=\(hostname)"]
     }
 
-    /// Runs nspawn (`args`) from inside the test's network namespace. nspawn
-    /// looks interfaces up in /sys/class/net, which shows the namespace that
-    /// mounted sysfs: so a private mount namespace with its own sysfs, as
-    /// `ip netns exec` does. Read-only, so nspawn does not wait for udev
-    /// (not running there) to initialise the veths.
-    static func inNetworkNamespace(_ args: [String]) -> [String] {
-        ["unshare", "--mount", "--propagation", "private", "--",
-         "sh", "-c", remountSys + " && exec systemd-nspawn \"$@\"", "vouch-nspawn"] + args
+    /// The program and arguments that run nspawn (`args`) so that nothing
+    /// outlives Vouch: nspawn is PID 1 of a PID namespace whose creator
+    /// (`unshare --kill-child`, itself killed with Vouch by the parent-death
+    /// signal) takes it down, and with it the nested container. A container's
+    /// init does not die with nspawn otherwise.
+    ///
+    /// With `networkNamespace`, nspawn runs inside the test's network
+    /// namespace (the caller puts nsenter in front). nspawn looks interfaces
+    /// up in /sys/class/net, which shows the namespace that mounted sysfs: so
+    /// it gets its own sysfs there, as `ip netns exec` does; read-only, so
+    /// nspawn does not wait for udev (not running there) to initialise veths.
+    static func wrapped(_ args: [String], networkNamespace: Bool) -> [String] {
+        let setup = networkNamespace ? remountSys + " && " : ""
+        return ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--mount", "--propagation", "private", "--",
+                "sh", "-c", setup + "exec systemd-nspawn \"$@\"", "vouch-nspawn"] + args
     }
 
     /// Mounts a sysfs of the current network namespace over /sys, keeping
@@ -79,12 +87,7 @@ struct NspawnCommandLine: Sendable, Equatable {
     /// then become a backdoor shell on the pty, like the VM's backdoor.service.
     /// While waiting it reports the system state to stderr (the console log)
     /// every 2 s, so a boot timeout shows what it last saw.
-    ///
-    /// The pty is stdout only; the shell makes it its controlling terminal in
-    /// a session of its own (`setsid -c`), so ^C reaches the command and
-    /// never nsenter, which is outside that session.
     static let sessionScript = """
-        exec <&1
         stty raw -echo
         n=0
         until systemctl is-active --quiet "$1" 2>/dev/null; do
@@ -96,11 +99,20 @@ struct NspawnCommandLine: Sendable, Equatable {
         done
         echo "Spawning backdoor root shell..."
         cd /tmp
-        PS1="" exec setsid -c bash --norc /dev/tty
+        PS1="" exec bash --norc /dev/tty
         """
+
+    /// Detaches the session from nsenter inside the container: `setsid -f`
+    /// forks a child of the container's init with the pty (our stdout) as
+    /// stdin and controlling terminal, and nsenter exits. Why: systemd's
+    /// shutdown stops every process of the container (SIGSTOP, then SIGCONT);
+    /// nsenter, outside it, would see its child stop, stop itself for ever and
+    /// never reap the shell, hanging the container's reboot. As a session
+    /// leader on the pty, the shell also gets ^C for its commands.
+    static let detach = "exec setsid -f -c /bin/bash --norc --noprofile -c \"$1\" vouch-backdoor \"$2\" <&1"
 
     /// `nsenter` arguments for a session in the container whose init is `initPID`.
     static func sessionArguments(initPID: pid_t, readyUnit: String) -> [String] {
-        ["-t", "\(initPID)", "-a", "--", "/bin/bash", "--norc", "--noprofile", "-c", sessionScript, "vouch-backdoor", readyUnit]
+        ["-t", "\(initPID)", "-a", "--", "/bin/sh", "-c", detach, "vouch-session", sessionScript, readyUnit]
     }
 }

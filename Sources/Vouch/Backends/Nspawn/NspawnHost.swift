@@ -45,20 +45,27 @@ enum NspawnHost {
         return (try? String(contentsOfFile: "/lib/modules/\(release)/modules.dep", encoding: .utf8))?.contains("/\(name).ko") == true
     }
 
-    /// The pid of the container's init under nspawn process `nspawnPID`: a
-    /// descendant that is PID 1 of its own namespace and has exec'd (no
-    /// longer `systemd-nspawn`). nil while it is not there (yet).
-    static func initPID(under nspawnPID: pid_t, excluding old: pid_t?) -> pid_t? {
-        var queue = [nspawnPID]
+    /// The pid of the container's init under process `root` (the wrapper
+    /// that runs nspawn): a child of `systemd-nspawn` that is PID 1 of its
+    /// own namespace and has exec'd its init. The wrapper's own PID 1 (nspawn
+    /// itself, or `unshare`/`sh` just before that exec) never qualifies.
+    /// nil while it is not there (yet).
+    static func initPID(under root: pid_t) -> pid_t? {
+        var queue = [root]
         var seen = 0
         while let pid = queue.popLast(), seen < 64 {
             seen += 1
+            let parentIsNspawn = comm(pid) == "systemd-nspawn"
             for child in children(of: pid) {
-                if child != old, isNamespaceInit(child) { return child }
+                if parentIsNspawn, isNamespaceInit(child) { return child }
                 queue.append(child)
             }
         }
         return nil
+    }
+
+    private static func comm(_ pid: pid_t) -> String? {
+        (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     private static func children(of pid: pid_t) -> [pid_t] {
@@ -75,7 +82,7 @@ enum NspawnHost {
         else { return false }
         let ids = nspid.split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst()
         guard ids.count >= 2, ids.last == "1" else { return false }
-        let comm = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
-        return comm != nil && comm != "systemd-nspawn"
+        let name = comm(pid)
+        return name != nil && name != "systemd-nspawn"
     }
 }
