@@ -28,12 +28,13 @@ struct RealRun {
         var spec = TestSpec(name: name, machines: machines)
         spec.network = network
         let driver = try Driver(spec: spec, options: options)
-        let containersBefore = containerInits()
+        let containers = machines.contains { $0.backend == "nspawn" }
+        let containersBefore = containers ? containerInits() : []
         let outcome = await driver.run(body)
         let run = RealRun(driver: driver, outcome: outcome)
         run.expectNoLeftovers()
         // Container inits do not mention the run directory: compare instead.
-        let leftContainers = containerInits().subtracting(containersBefore)
+        let leftContainers = containers ? containerInits().subtracting(containersBefore) : []
         #expect(leftContainers.isEmpty, "container inits left behind: \(leftContainers.sorted())")
         let remoteDirs = ((try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? []).filter { $0.hasPrefix("vouch-ssh-") }
         #expect(remoteDirs.isEmpty || !machines.contains { $0.backend == "ssh" }, "ssh machines left /tmp/\(remoteDirs)")

@@ -8,6 +8,7 @@ public struct NspawnSettings: Sendable, Equatable {
     /// Extra `systemd-nspawn` arguments.
     public var extraArgs: [String] = []
 
+    /// Defaults: the machine's image, its ready unit, no extra arguments.
     public init() {}
 }
 
@@ -23,10 +24,15 @@ public struct SSHSettings: Sendable, Equatable {
         case off
     }
 
+    /// Host name or address (or a `Host` alias from the user's ssh config).
     public var host: String
+    /// TCP port; nil leaves it to ssh (config, else 22).
     public var port: Int?
+    /// Login user; nil leaves it to ssh (config, else the local user).
     public var user: String?
+    /// Private key to offer (only this one: `IdentitiesOnly=yes`); nil uses the agent and ssh config.
     public var identityFile: String?
+    /// Host key policy; strict unless the test opts out.
     public var knownHosts: KnownHosts = .strict
     /// A known_hosts file to use instead of the user's.
     public var knownHostsFile: String?
@@ -35,6 +41,7 @@ public struct SSHSettings: Sendable, Equatable {
     /// Extra ssh arguments (e.g. `["-o", "ProxyJump=gw"]`).
     public var extraArgs: [String] = []
 
+    /// Settings for `host` with ssh's defaults and strict host key checking.
     public init(host: String) {
         self.host = host
     }
