@@ -87,7 +87,15 @@ struct BackendScenarioTests {
 
     @Test func scenarioOnNspawn() async throws {
         let run = try await RealRun.run([container("ct", vlans: [])]) { d in
-            try await machineScenario(try d.machine("ct"), ScenarioTraits(reboot: true))
+            let ct = try d.machine("ct")
+            try await machineScenario(ct, ScenarioTraits(reboot: true))
+            // After shutdown the next command boots it again; crash() pulls the plug.
+            try await ct.succeed("touch /etc/before-crash")
+            try await ct.crash()
+            #expect(!(await ct.isUp()))
+            try await ct.fail("test -e /etc/before-crash")
+            let keys = await #expect(throws: VouchError.self) { try await ct.sendKey("ctrl-alt-delete") }
+            #expect(keys?.kind == .unsupported && keys?.message.contains("not supported by the nspawn backend") == true)
         }
         #expect(run.outcome == .passed)
     }

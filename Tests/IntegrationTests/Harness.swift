@@ -35,7 +35,7 @@ struct RealRun {
         run.expectNoLeftovers()
         // Container inits do not mention the run directory: compare instead.
         let leftContainers = containers ? containerInits().subtracting(containersBefore) : []
-        #expect(leftContainers.isEmpty, "container inits left behind: \(leftContainers.sorted())")
+        #expect(leftContainers.isEmpty, "container inits left behind: \(leftContainers.sorted().map { pid in "\(pid) " + ((try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? "").split(separator: "\n").prefix(7).joined(separator: " ") })")
         let remoteDirs = ((try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? []).filter { $0.hasPrefix("vouch-ssh-") }
         #expect(remoteDirs.isEmpty || !machines.contains { $0.backend == "ssh" }, "ssh machines left /tmp/\(remoteDirs)")
         // Keep the log of a failed run for the developer; drop a passed one's.
@@ -57,12 +57,14 @@ struct RealRun {
 }
 
 /// Pids of live processes that are PID 1 of a child PID namespace (a
-/// container's init), to check that no container outlives its run.
+/// container's init), to check that no container outlives its run. Zombies
+/// do not count: this host's PID 1 reaps reparented ones only lazily.
 func containerInits() -> Set<Int32> {
     let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
     return Set(pids.compactMap { pid -> Int32? in
         guard pid.allSatisfy(\.isNumber),
               let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              !status.contains("State:\tZ"),
               let line = status.split(separator: "\n").first(where: { $0.hasPrefix("NSpid:") })
         else { return nil }
         let ids = line.split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst()

@@ -26,6 +26,8 @@ final class NspawnBackend: Backend {
         var nspawn: ChildProcess?
         var session: ChildProcess?
         var initPID: pid_t?
+        /// Every container init and nspawn seen, to wait for their end on stop/crash.
+        var containerPIDs: [pid_t] = []
         var supervisor: Task<Void, Never>?
         var pumps: [Task<Void, Never>] = []
         var forwarders: [PortForwarder] = []
@@ -128,7 +130,11 @@ final class NspawnBackend: Backend {
         var nspawn = first
         while !Task.isCancelled {
             if nspawn.exitStatus == nil, let initPID = NspawnHost.initPID(under: nspawn.pid) {
-                state.withLock { $0.initPID = initPID }
+                let nspawnPID = NspawnHost.parent(of: initPID)
+                state.withLock { s in
+                    s.initPID = initPID
+                    s.containerPIDs += [initPID] + (nspawnPID.map { [$0] } ?? [])
+                }
                 do {
                     try await runSession(initPID: initPID)
                 } catch {
@@ -224,6 +230,7 @@ final class NspawnBackend: Backend {
         state.withLock { $0.rebootAllowed = false }
         state.withLock { $0.nspawn }?.signal(SIGKILL)
         _ = try? await withDeadline(seconds: 5) { try await self.exit.wait() }
+        await NspawnHost.waitGone(state.withLock { $0.containerPIDs }, seconds: 5)
     }
 
     func sendKeys(_ keys: [String]) async throws {
@@ -247,6 +254,7 @@ final class NspawnBackend: Backend {
         for pump in pumps { _ = try? await withDeadline(seconds: 1) { await pump.value } }
         relay.finish()
         if exit.value == nil { exit.set(nspawn?.exitStatus ?? .exited(-1)) }
+        await NspawnHost.waitGone(state.withLock { $0.containerPIDs }, seconds: 5)
         if let enter = context.network?.enterNamespace() {
             for attachment in context.network?.attachments ?? [] {
                 let node = Int(attachment.nic.mac.split(separator: ":").last.flatMap { Int($0, radix: 16) } ?? 0)

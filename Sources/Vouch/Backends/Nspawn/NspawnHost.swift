@@ -85,4 +85,28 @@ enum NspawnHost {
         let name = comm(pid)
         return name != nil && name != "systemd-nspawn"
     }
+
+    /// Waits (at most `seconds`) until none of `pids` is alive (zombies
+    /// count as gone). The container dies asynchronously once the wrapper
+    /// is killed: its PID namespace is torn down after the wrapper is reaped.
+    static func waitGone(_ pids: [pid_t], seconds: Double) async {
+        let clock = ContinuousClock()
+        let end = clock.now.advanced(by: .milliseconds(Int(seconds * 1000)))
+        while clock.now < end, pids.contains(where: alive) {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    private static func alive(_ pid: pid_t) -> Bool {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return false }
+        return !status.contains("State:\tZ")
+    }
+
+    /// The parent of `pid` (for the nspawn process above a container's init).
+    static func parent(of pid: pid_t) -> pid_t? {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("PPid:") })
+        else { return nil }
+        return pid_t(line.dropFirst(5).trimmingCharacters(in: .whitespaces))
+    }
 }
