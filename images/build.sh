@@ -29,6 +29,7 @@ readonly SCRIPT_PATH IMAGES_DIR REPO_ROOT GUEST_DIR OUT_ROOT
 readonly SYSTEMD_PACKAGES=(
     systemd systemd-sysv udev dbus iproute2 iputils-ping procps kmod
     nginx-light curl netcat-openbsd less ca-certificates libpam-systemd
+    openssh-server
 )
 
 # Modules the guests insmod from their initramfs; build.sh adds their
@@ -266,9 +267,10 @@ link_kernel() {
 }
 
 write_manifest() {
-    local out=$1 name=$2 hash=$3 rootdisk=$4 ready=$5 cmdline=$6 hostparam=$7
-    local q_root=null q_ready=null
+    local out=$1 name=$2 hash=$3 rootdisk=$4 ready=$5 cmdline=$6 hostparam=$7 rootdir=${8:-}
+    local q_root=null q_ready=null q_dir=null
     [[ -n $rootdisk ]] && q_root="\"$rootdisk\""
+    [[ -n $rootdir ]] && q_dir="\"$rootdir\""
     [[ -n $ready ]] && q_ready="\"$ready\""
     cat > "$out/image.json" <<EOF
 {
@@ -277,6 +279,7 @@ write_manifest() {
   "kernel": "vmlinux",
   "initrd": "initrd.img",
   "rootDisk": $q_root,
+  "rootDirectory": $q_dir,
   "cmdline": "$cmdline",
   "readyUnit": $q_ready,
   "kernelVersion": "$KVER",
@@ -505,10 +508,14 @@ build_systemd() {
     mkfs.ext4 -q -F -L vouch-root -m 0 -E lazy_itable_init=0,lazy_journal_init=0 \
         -d "$r" "$out/rootfs.ext4" "${size}M" >&2
 
+    # The same tree, unpacked, is what containers (systemd-nspawn) boot: a
+    # rename, so it costs disk space but no time.
+    mv -T "$r" "$out/rootfs"
+
     log "systemd: writing initrd.img"
     build_systemd_initrd "$WORK/systemd.initrd" "$out/initrd.img"
     link_kernel "$out"
-    write_manifest "$out" systemd "$hash" rootfs.ext4 multi-user.target "$SYSTEMD_CMDLINE" systemd.hostname
+    write_manifest "$out" systemd "$hash" rootfs.ext4 multi-user.target "$SYSTEMD_CMDLINE" systemd.hostname rootfs
     publish systemd "$hash" "$out"
 }
 

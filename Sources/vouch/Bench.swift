@@ -28,9 +28,13 @@ struct Bench: AsyncParsableCommand {
     @Flag(help: "Measure Swift script compile time and the Python bridge's per-call cost, instead.")
     var scripts = false
 
+    @Option(help: "Compare backends instead (comma-separated: qemu,nspawn,ssh): boot to first command and round trips.")
+    var backends: String?
+
     func run() async throws {
         if network { return try await runNetwork() }
         if scripts { return try await runScripts() }
+        if let backends { return try await runBackends(backends) }
         var rows: [[String]] = []
         var accelerator = "unknown"
         for image in images.split(separator: ",").map(String.init) {

@@ -19,16 +19,25 @@ struct RealRun {
     /// Runs `body` with a driver for `machines`, then asserts that teardown
     /// left no process referring to the run directory and removed it.
     static func run(
-        _ machines: [MachineSpec], globalTimeout: Double = 1200, name: String = #function,
-        _ body: @escaping @Sendable (Driver) async throws -> Void
+        _ machines: [MachineSpec], globalTimeout: Double = 1200, network: TestSpec.NetworkKind = .vde,
+        name: String = #function, _ body: @escaping @Sendable (Driver) async throws -> Void
     ) async throws -> RealRun {
         var options = RunOptions(outputDirectory: outputDirectory(name))
         options.quiet = ProcessInfo.processInfo.environment["VOUCH_TEST_LOG"] == nil
         options.globalTimeout = globalTimeout
-        let driver = try Driver(spec: TestSpec(name: name, machines: machines), options: options)
+        var spec = TestSpec(name: name, machines: machines)
+        spec.network = network
+        let driver = try Driver(spec: spec, options: options)
+        let containers = machines.contains { $0.backend == "nspawn" }
+        let containersBefore = containers ? containerInits() : []
         let outcome = await driver.run(body)
         let run = RealRun(driver: driver, outcome: outcome)
         run.expectNoLeftovers()
+        // Container inits do not mention the run directory: compare instead.
+        let leftContainers = containers ? containerInits().subtracting(containersBefore) : []
+        #expect(leftContainers.isEmpty, "container inits left behind: \(leftContainers.sorted().map { pid in "\(pid) " + ((try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? "").split(separator: "\n").prefix(7).joined(separator: " ") })")
+        let remoteDirs = ((try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? []).filter { $0.hasPrefix("vouch-ssh-") }
+        #expect(remoteDirs.isEmpty || !machines.contains { $0.backend == "ssh" }, "ssh machines left /tmp/\(remoteDirs)")
         // Keep the log of a failed run for the developer; drop a passed one's.
         if outcome == .passed { try? FileManager.default.removeItem(at: options.outputDirectory) }
         return run
@@ -45,6 +54,22 @@ struct RealRun {
         let holders = processes(mentioning: driver.runDirectory)
         #expect(holders.isEmpty, "processes left behind: \(holders)", sourceLocation: sourceLocation)
     }
+}
+
+/// Pids of live processes that are PID 1 of a child PID namespace (a
+/// container's init), to check that no container outlives its run. Zombies
+/// do not count: this host's PID 1 reaps reparented ones only lazily.
+func containerInits() -> Set<Int32> {
+    let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return Set(pids.compactMap { pid -> Int32? in
+        guard pid.allSatisfy(\.isNumber),
+              let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              !status.contains("State:\tZ"),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("NSpid:") })
+        else { return nil }
+        let ids = line.split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst()
+        return ids.count >= 2 && ids.last == "1" ? Int32(pid) : nil
+    })
 }
 
 /// Command lines of live processes that contain `text`.

@@ -44,6 +44,21 @@ protocol Backend: AnyObject, Sendable {
     /// Releases everything: the guest process, sockets and, unless `keepState`,
     /// the state directory. Idempotent and never throws; bounded in time.
     func stop(keepState: Bool) async
+
+    /// Throws before `Machine` touches any state if `operation` cannot work
+    /// on this backend (defaults in BackendDefaults.swift: everything works).
+    func check(_ operation: MachineOperation) throws
+
+    /// Where the guest sees the host's shared directory (`/tmp/shared` for
+    /// VMs and containers).
+    var guestSharedDirectory: String { get }
+
+    /// Makes `item` (a name inside the shared directory) visible to the guest,
+    /// for backends without a live shared directory (SSH copies it over).
+    func pushShared(_ item: String) async throws
+
+    /// Brings `item` back from the guest into the host's shared directory.
+    func pullShared(_ item: String) async throws
 }
 
 /// What every backend is given about the machine it runs.

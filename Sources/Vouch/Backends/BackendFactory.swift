@@ -56,6 +56,10 @@ enum BackendFactory {
             return Plan(
                 make: { QEMUBackend(context: $0, config: finalConfig, hostnameParameter: param, probeKernel: kernel) },
                 readyUnit: readyUnit)
+        case "nspawn":
+            return try nspawnPlan(for: spec)
+        case "ssh":
+            return try sshPlan(for: spec)
         default:
             throw VouchError(.invalidSpec, "unknown backend '\(spec.backend)'", machine: spec.name)
         }

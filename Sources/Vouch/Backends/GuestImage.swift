@@ -9,6 +9,8 @@ public struct GuestImage: Sendable {
     public var kernel: URL
     public var initrd: URL?
     public var rootDisk: URL?
+    /// The root filesystem unpacked, for containers (systemd-nspawn).
+    public var rootDirectory: URL?
     public var cmdline: String
     /// The systemd unit that means "booted" for this image, if it runs systemd.
     public var readyUnit: String?
@@ -42,6 +44,7 @@ public struct GuestImage: Sendable {
         self.kernel = kernel
         self.initrd = try file("initrd")
         self.rootDisk = try file("rootDisk")
+        self.rootDirectory = try file("rootDirectory")
         self.cmdline = manifest["cmdline"]?.stringValue ?? "console=ttyS0"
         self.readyUnit = manifest["readyUnit"]?.stringValue
         self.hostnameParameter = manifest["hostnameParam"]?.stringValue ?? "vouch.hostname"

@@ -66,6 +66,11 @@ public struct TestSpec: Sendable {
             }
             spec.network = network
         }
+        // Containers join VLANs through veths on the TAP network's bridges;
+        // there is no VDE plug for them.
+        if spec.network == .vde, let m = spec.machines.first(where: { $0.backend == "nspawn" && !$0.vlans.isEmpty }) {
+            throw invalid("machines.\(m.name): the nspawn backend needs \"network\": \"tap\" to join VLANs (or \"vlans\": [])")
+        }
         return spec
     }
 
@@ -75,7 +80,7 @@ public struct TestSpec: Sendable {
 /// One machine of a spec.
 public struct MachineSpec: Sendable {
     public var name: String
-    /// "qemu" (the only backend in this version).
+    /// "qemu", "nspawn" or "ssh".
     public var backend: String = "qemu"
     /// A built-in image name or an image directory.
     public var image: String?
@@ -94,12 +99,16 @@ public struct MachineSpec: Sendable {
     public var bootTimeout: Double = 300
     /// The VLANs the machine has a network card on (nixpkgs' default: VLAN 1).
     public var vlans: [Int] = [1]
+    /// Settings of the nspawn backend (set when `backend` is "nspawn").
+    public var nspawn: NspawnSettings?
+    /// Settings of the ssh backend (set when `backend` is "ssh").
+    public var ssh: SSHSettings?
 
     public init(name: String) {
         self.name = name
     }
 
-    static let backends = ["qemu"]
+    static let backends = ["qemu", "nspawn", "ssh"]
 
     static func parse(name: String, _ json: JSONValue) throws -> MachineSpec {
         let path = "machines.\(name)"
@@ -107,13 +116,12 @@ public struct MachineSpec: Sendable {
             throw TestSpec.invalid("\(path): machine names may only contain letters, digits, '-' and '_'")
         }
         let o = try SpecObject(json, path: path)
-        try o.allow(["backend", "image", "kernel", "initrd", "disk", "cmdline", "startScript", "memory", "cpus",
-                     "qemuArgs", "board", "accel", "bootTimeout", "vlans"])
         var m = MachineSpec(name: name)
         m.backend = try o.string("backend") ?? "qemu"
         guard backends.contains(m.backend) else {
             throw TestSpec.invalid("\(path).backend: unknown backend '\(m.backend)' (known: \(backends.joined(separator: ", ")))")
         }
+        try o.allow(allowedKeys(backend: m.backend), backend: m.backend)
         m.image = try o.string("image")
         m.kernel = try o.string("kernel")
         m.initrd = try o.string("initrd")
@@ -145,8 +153,9 @@ public struct MachineSpec: Sendable {
             }
             m.accelerator = accel
         }
+        try m.parseBackendSettings(o)
         let sources = [m.image != nil, m.kernel != nil, m.startScript != nil].filter { $0 }.count
-        if sources == 0 { m.image = "minimal" }
+        if sources == 0, m.backend == "qemu" { m.image = "minimal" }
         guard sources <= 1 else {
             throw TestSpec.invalid("\(path): give only one of image, kernel or startScript")
         }
@@ -170,8 +179,11 @@ struct SpecObject {
         self.path = path
     }
 
-    func allow(_ keys: Set<String>) throws {
+    func allow(_ keys: Set<String>, backend: String? = nil) throws {
         for key in members.keys.sorted() where !keys.contains(key) {
+            if let backend, MachineSpec.backends.contains(where: { MachineSpec.allowedKeys(backend: $0).contains(key) }) {
+                throw TestSpec.invalid("\(path).\(key): not used by the \(backend) backend")
+            }
             let hint = keys.min { editDistance($0, key) < editDistance($1, key) }
                 .flatMap { editDistance($0, key) <= 3 ? " (did you mean \($0)?)" : nil } ?? ""
             throw TestSpec.invalid("\(path).\(key): unknown key\(hint)")

@@ -7,6 +7,7 @@ extension Machine {
     ///   `.other` if the host file cannot be read.
     public func copyFromHost(_ source: String, to destination: String, file: String = #filePath, line: Int = #line) async throws {
         log.log("copying \(source) from the host to \(destination)", machine: name)
+        try await start()
         let fm = FileManager.default
         let staging = "copy-\(UUID().uuidString.prefix(8))"
         let hostStaging = context.sharedDirectory + "/" + staging
@@ -19,9 +20,11 @@ extension Machine {
                              location: .init(file: file, line: line))
         }
         defer { try? fm.removeItem(atPath: hostStaging) }
+        let shared = currentBackend?.guestSharedDirectory ?? "/tmp/shared"
+        try await currentBackend?.pushShared(staging)
         let dst = shellQuote(destination)
         try await succeed(
-            "mkdir -p \"$(dirname \(dst))\" && cp -r /tmp/shared/\(staging)/item \(dst)", file: file, line: line)
+            "mkdir -p \"$(dirname \(dst))\" && cp -r \(shared)/\(staging)/item \(dst)", file: file, line: line)
     }
 
     /// Copies a file or directory from the guest into the test's output
@@ -31,12 +34,15 @@ extension Machine {
     @discardableResult
     public func copyFromMachine(_ source: String, to targetDirectory: String = "", file: String = #filePath, line: Int = #line) async throws -> URL {
         log.log("copying \(source) from the machine to the output directory", machine: name)
+        try await start()
         let fm = FileManager.default
         let staging = "copy-\(UUID().uuidString.prefix(8))"
         let hostStaging = context.sharedDirectory + "/" + staging
         defer { try? fm.removeItem(atPath: hostStaging) }
+        let shared = currentBackend?.guestSharedDirectory ?? "/tmp/shared"
         try await succeed(
-            "mkdir -p /tmp/shared/\(staging) && cp -r \(shellQuote(source)) /tmp/shared/\(staging)/", file: file, line: line)
+            "mkdir -p \(shared)/\(staging) && cp -r \(shellQuote(source)) \(shared)/\(staging)/", file: file, line: line)
+        try await currentBackend?.pullShared(staging)
         let base = (source as NSString).lastPathComponent
         let targetDir = outputDirectory.appendingPathComponent(targetDirectory)
         let target = targetDir.appendingPathComponent(base)

@@ -115,6 +115,7 @@ public actor Machine {
     ///   (it is then killed).
     public func shutdown(timeout: Double = 120) async throws {
         guard booted, let shell, let backend else { return }
+        try backend.check(.shutdown)
         log.log("shutting down", machine: name)
         await shell.markLost("the machine was shut down")
         try await shell.sendUnframed("poweroff")
@@ -152,6 +153,7 @@ public actor Machine {
     /// - Throws: `VouchError` from the backend's control channel.
     public func crash() async throws {
         guard let backend else { return }
+        try backend.check(.crash)
         log.log("simulating a crash", machine: name)
         await shell?.markLost("the machine crashed")
         booted = false
@@ -164,6 +166,7 @@ public actor Machine {
     public func reboot() async throws {
         try await start()
         guard let backend, let shell else { return }
+        try backend.check(.reboot)
         log.log("rebooting", machine: name)
         try await backend.allowReboot(true)
         booted = false
@@ -187,6 +190,9 @@ public actor Machine {
                              machine: name, outputTail: console.tail(lines: 30))
         }
     }
+
+    /// The running backend, for extensions in other files (file copies).
+    var currentBackend: (any Backend)? { backend }
 
     /// Whether the guest's shell is connected and its process running.
     public func isUp() -> Bool {

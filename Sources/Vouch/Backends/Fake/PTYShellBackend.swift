@@ -232,7 +232,7 @@ final class PTYShellBackend: Backend {
 
     /// A new pty pair (master, slave), both close-on-exec; the slave is not
     /// our controlling terminal.
-    private static func openPTY() throws -> (master: Int32, slave: Int32) {
+    static func openPTY() throws -> (master: Int32, slave: Int32) {
         let master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC)
         guard master >= 0 else { throw VouchError(.spawnFailed, "cannot open a pseudo-terminal: \(SystemError("open /dev/ptmx"))") }
         var name = [CChar](repeating: 0, count: 128)

@@ -1,0 +1,267 @@
+import Foundation
+import Glibc
+import Synchronization
+
+/// Runs a machine as a systemd-nspawn container: the image's root
+/// filesystem under a throwaway overlay, booted with its own systemd.
+///
+/// The guest shell is a bash that `nsenter` starts in all of the container
+/// init's namespaces, on a pty whose master Vouch holds: the same tty
+/// semantics as a VM's virtconsole (raw mode, ^C interrupts the command), so
+/// `GuestShell` framing is reused unchanged. The session waits for the ready
+/// unit before printing the banner, so "connected" means "booted".
+///
+/// On a TAP network the container runs in the test's network namespace with
+/// one veth per VLAN on that VLAN's bridge; `block()` sets the host ends down.
+/// A reboot ends nspawn; with `allowReboot` Vouch starts it again (a fresh
+/// overlay: containers keep no state across reboots or crashes).
+final class NspawnBackend: Backend {
+    let kind = "nspawn"
+    let context: MachineContext
+    let rootDirectory: String
+    let readyUnit: String
+    let extraArgs: [String]
+
+    private struct State {
+        var nspawn: ChildProcess?
+        var session: ChildProcess?
+        var initPID: pid_t?
+        /// Every container init and nspawn seen, to wait for their end on stop/crash.
+        var containerPIDs: [pid_t] = []
+        var supervisor: Task<Void, Never>?
+        var pumps: [Task<Void, Never>] = []
+        var forwarders: [PortForwarder] = []
+        var rebootAllowed = false
+        var stopped = false
+    }
+
+    private let state = Mutex(State())
+    private let relay = SessionRelay()
+    private let exit = ExitLatch()
+    private let token = String(UInt32.random(in: 0...UInt32.max), radix: 16)
+
+    init(context: MachineContext, rootDirectory: String, readyUnit: String, extraArgs: [String]) {
+        self.context = context
+        self.rootDirectory = rootDirectory
+        self.readyUnit = readyUnit
+        self.extraArgs = extraArgs
+    }
+
+    var exitStatus: ExitStatus? { exit.value }
+
+    func start() async throws -> GuestChannel {
+        try NspawnHost.check(rootDirectory: rootDirectory, machine: context.name)
+        let attachments = context.network?.attachments ?? []
+        let enter = context.network?.enterNamespace()
+        if !attachments.isEmpty, enter == nil {
+            throw VouchError(.unsupported, "the nspawn backend joins VLANs only on a TAP network: set \"network\": \"tap\" in the spec",
+                             machine: context.name)
+        }
+        try FileManager.default.createDirectory(atPath: context.stateDirectory, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o700])
+        try FileManager.default.createDirectory(atPath: context.sharedDirectory, withIntermediateDirectories: true)
+        let nspawn = try await spawnContainer()
+        let task = Task { await self.supervise(first: nspawn) }
+        state.withLock { $0.supervisor = task }
+        return relay.channel
+    }
+
+    /// Creates the veths and starts `systemd-nspawn` (again, after a reboot).
+    private func spawnContainer() async throws -> ChildProcess {
+        let name = context.name
+        var commandLine = NspawnCommandLine(
+            rootDirectory: rootDirectory, hostname: name,
+            machineName: NspawnCommandLine.machineName(for: name, token: token),
+            sharedDirectory: context.sharedDirectory, extraArgs: extraArgs)
+        let enter = context.network?.enterNamespace()
+        if let network = context.network {
+            let file = context.stateDirectory + "/network-parameters"
+            let parameters = NspawnCommandLine.networkParameters(
+                nics: network.attachments.map(\.nic), planParameters: network.kernelParameters)
+            try parameters.write(toFile: file, atomically: true, encoding: .utf8)
+            commandLine.networkParametersFile = file
+            if let enter {
+                for attachment in network.attachments {
+                    commandLine.interfaces.append(try await makeVeth(attachment.nic, enter: enter))
+                }
+            }
+        }
+        let args = commandLine.arguments()
+        let wrapped = NspawnCommandLine.wrapped(args, networkNamespace: enter != nil)
+        let process = try enter.map { try ChildProcess("nsenter", $0 + wrapped) }
+            ?? ChildProcess(wrapped[0], Array(wrapped.dropFirst()))
+        let console = context.console
+        let pumps = [process.stdout!, process.stderr!].map { reader in
+            Task { while let chunk = try? await reader.queue.next() { console.feed(chunk) } }
+        }
+        state.withLock { s in
+            s.nspawn = process
+            s.pumps += pumps
+        }
+        context.log.log("started systemd-nspawn (pid \(process.pid))" + (enter == nil ? "" : " in the test's network namespace"),
+                        machine: name)
+        context.log.debug("command line: systemd-nspawn \(args.joined(separator: " "))", machine: name)
+        return process
+    }
+
+    /// A veth pair whose host end is on VLAN `nic.vlan`'s bridge and whose
+    /// container end has the node's MAC (the guest configures NICs by MAC).
+    private func makeVeth(_ nic: NetworkPlan.NIC, enter: [String]) async throws -> String {
+        let node = Int(nic.mac.split(separator: ":").last.flatMap { Int($0, radix: 16) } ?? 0)
+        let (host, guest) = NspawnCommandLine.vethNames(node: node, vlan: nic.vlan)
+        _ = try? await ip(["link", "del", host], enter: enter)  // left by a previous boot
+        try await ip(["link", "add", host, "type", "veth", "peer", "name", guest], enter: enter)
+        try await ip(["link", "set", guest, "address", nic.mac], enter: enter)
+        try await ip(["link", "set", host, "master", "br\(nic.vlan)", "up"], enter: enter)
+        return guest
+    }
+
+    private func ip(_ args: [String], enter: [String]) async throws {
+        let (status, output) = try await ChildProcess.run("nsenter", enter + ["ip"] + args)
+        guard status == .exited(0) else {
+            throw VouchError(.other, "ip \(args.joined(separator: " ")) failed in the test network namespace (\(status))",
+                             machine: context.name, outputTail: tail(output))
+        }
+    }
+
+    /// Keeps a shell session open into whichever container is running, and
+    /// restarts the container after a reboot if allowed.
+    private func supervise(first: ChildProcess) async {
+        var nspawn = first
+        while !Task.isCancelled {
+            if nspawn.exitStatus == nil, let initPID = NspawnHost.initPID(under: nspawn.pid) {
+                let nspawnPID = NspawnHost.parent(of: initPID)
+                state.withLock { s in
+                    s.initPID = initPID
+                    s.containerPIDs += [initPID] + (nspawnPID.map { [$0] } ?? [])
+                }
+                do {
+                    try await runSession(initPID: initPID)
+                } catch {
+                    context.log.warning("cannot open a shell in the container: \(error)", machine: context.name)
+                }
+                // A session into a dying init ends at once: do not spin.
+                try? await Task.sleep(for: .milliseconds(100))
+                continue
+            }
+            if let status = nspawn.exitStatus {
+                let (reboot, stopped) = state.withLock { ($0.rebootAllowed, $0.stopped) }
+                if reboot, !stopped {
+                    context.log.log("container ended (\(status)); starting it again (reboot)", machine: context.name)
+                    do {
+                        nspawn = try await spawnContainer()
+                        continue
+                    } catch {
+                        context.log.error("cannot restart the container: \(error)", machine: context.name)
+                    }
+                }
+                relay.finish()
+                exit.set(status)
+                return
+            }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// One backdoor session; returns when it ends (reboot, poweroff, stop).
+    private func runSession(initPID: pid_t) async throws {
+        let (master, slave) = try PTYShellBackend.openPTY()
+        let env = [
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/root", "USER": "root", "PAGER": "", "TERM": "dumb",
+        ]
+        let session: ChildProcess
+        do {
+            session = try ChildProcess("nsenter", NspawnCommandLine.sessionArguments(initPID: initPID, readyUnit: readyUnit),
+                                       environment: env, pipes: [.stderr], stdoutFD: slave)
+        } catch {
+            close(master)
+            close(slave)
+            throw error
+        }
+        close(slave)
+        state.withLock { $0.session = session }
+        context.log.debug("shell session into container init \(initPID) (nsenter pid \(session.pid))", machine: context.name)
+        let console = context.console
+        let errors = Task { while let chunk = try? await session.stderr!.queue.next() { console.feed(chunk) } }
+        let writeFD = dup(master)
+        let reader = FDReader(fd: master, name: "nspawn-\(context.name)")
+        await relay.carry(reader.queue, writingTo: writeFD)
+        _ = await session.terminate(grace: 0.5)
+        close(writeFD)
+        _ = try? await withDeadline(seconds: 1) { await errors.value }
+    }
+
+    func waitForExit() async throws -> ExitStatus {
+        try await exit.wait()
+    }
+
+    func allowReboot(_ allowed: Bool) async throws {
+        state.withLock { $0.rebootAllowed = allowed }
+    }
+
+    func setLinks(up: Bool) async throws {
+        guard let network = context.network, !network.attachments.isEmpty, let enter = network.enterNamespace() else { return }
+        for attachment in network.attachments {
+            let node = Int(attachment.nic.mac.split(separator: ":").last.flatMap { Int($0, radix: 16) } ?? 0)
+            let host = NspawnCommandLine.vethNames(node: node, vlan: attachment.nic.vlan).host
+            try await ip(["link", "set", host, up ? "up" : "down"], enter: enter)
+        }
+    }
+
+    /// Listens on the host's loopback and relays into the container's own
+    /// network namespace, to 127.0.0.1 there: works with or without VLANs.
+    func forwardPort(hostPort: Int, guestPort: Int) async throws {
+        guard let initPID = state.withLock({ $0.initPID }) else {
+            throw VouchError(.machineDown, "the container is not running", machine: context.name)
+        }
+        let forwarder: PortForwarder
+        do {
+            forwarder = try PortForwarder(hostPort: hostPort, address: "127.0.0.1", port: guestPort,
+                                          enter: ["-t", "\(initPID)", "-n", "--"])
+        } catch {
+            throw VouchError(.other, "cannot forward 127.0.0.1:\(hostPort): \(error)", machine: context.name)
+        }
+        state.withLock { $0.forwarders.append(forwarder) }
+    }
+
+    /// Kills the container outright; its overlay goes with it.
+    func crash() async throws {
+        state.withLock { $0.rebootAllowed = false }
+        state.withLock { $0.nspawn }?.signal(SIGKILL)
+        _ = try? await withDeadline(seconds: 5) { try await self.exit.wait() }
+        await NspawnHost.waitGone(state.withLock { $0.containerPIDs }, seconds: 5)
+    }
+
+    func sendKeys(_ keys: [String]) async throws {
+        throw VouchError(.unsupported, "sendKey (\(keys.joined(separator: "-"))) is not supported by the nspawn backend: a container has no keyboard",
+                         machine: context.name)
+    }
+
+    func stop(keepState: Bool) async {
+        let (nspawn, session, supervisor, pumps, forwarders) = state.withLock { s in
+            s.stopped = true
+            s.rebootAllowed = false
+            defer { s.forwarders.removeAll(); s.pumps.removeAll() }
+            return (s.nspawn, s.session, s.supervisor, s.pumps, s.forwarders)
+        }
+        for forwarder in forwarders { await forwarder.stop() }
+        supervisor?.cancel()
+        if let session { _ = await session.terminate(grace: 0.5) }
+        // SIGTERM asks nspawn to halt the container; KILL after the grace.
+        if let nspawn, nspawn.exitStatus == nil { _ = await nspawn.terminate(grace: 1) }
+        if let supervisor { _ = try? await withDeadline(seconds: 3) { await supervisor.value } }
+        for pump in pumps { _ = try? await withDeadline(seconds: 1) { await pump.value } }
+        relay.finish()
+        if exit.value == nil { exit.set(nspawn?.exitStatus ?? .exited(-1)) }
+        await NspawnHost.waitGone(state.withLock { $0.containerPIDs }, seconds: 5)
+        if let enter = context.network?.enterNamespace() {
+            for attachment in context.network?.attachments ?? [] {
+                let node = Int(attachment.nic.mac.split(separator: ":").last.flatMap { Int($0, radix: 16) } ?? 0)
+                let host = NspawnCommandLine.vethNames(node: node, vlan: attachment.nic.vlan).host
+                _ = try? await withDeadline(seconds: 2) { try await self.ip(["link", "del", host], enter: enter) }
+            }
+        }
+        if !keepState { try? FileManager.default.removeItem(atPath: context.stateDirectory) }
+    }
+}

@@ -1,0 +1,112 @@
+import Foundation
+import Glibc
+
+/// What the host must offer to run containers, checked before anything
+/// starts so the error says what is missing rather than how nspawn died.
+enum NspawnHost {
+    /// - Throws: `VouchError.unsupported` naming the missing piece and the fix.
+    static func check(rootDirectory: String, machine: String) throws {
+        guard ChildProcess.resolve("systemd-nspawn") != nil else {
+            throw VouchError(.unsupported, "systemd-nspawn is not installed: apt-get install systemd-container (scripts/setup does)",
+                             machine: machine)
+        }
+        guard ChildProcess.resolve("nsenter") != nil else {
+            throw VouchError(.unsupported, "nsenter is not installed (util-linux)", machine: machine)
+        }
+        guard getuid() == 0 else {
+            throw VouchError(.unsupported, "the nspawn backend needs root (systemd-nspawn creates namespaces and mounts)",
+                             machine: machine)
+        }
+        let fm = FileManager.default
+        var isDirectory: ObjCBool = false
+        guard fm.fileExists(atPath: rootDirectory, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw VouchError(.missingImage, "root filesystem directory \(rootDirectory) does not exist", machine: machine)
+        }
+        let inits = ["/usr/lib/systemd/systemd", "/lib/systemd/systemd", "/sbin/init"]
+        guard inits.contains(where: { fm.fileExists(atPath: rootDirectory + $0) }) else {
+            throw VouchError(.missingImage, "\(rootDirectory) has no init (\(inits.joined(separator: ", "))): the nspawn backend boots systemd",
+                             machine: machine)
+        }
+        guard fm.fileExists(atPath: rootDirectory + "/bin/bash") || fm.fileExists(atPath: rootDirectory + "/usr/bin/bash") else {
+            throw VouchError(.missingImage, "\(rootDirectory) has no bash, which the guest shell needs", machine: machine)
+        }
+        guard (try? String(contentsOfFile: "/proc/filesystems", encoding: .utf8))?.contains("overlay") == true
+                || fm.fileExists(atPath: "/sys/module/overlay") || moduleAvailable("overlay")
+        else {
+            throw VouchError(.unsupported, "the kernel has no overlayfs, which the container's throwaway root needs",
+                             machine: machine)
+        }
+    }
+
+    private static func moduleAvailable(_ name: String) -> Bool {
+        var u = utsname()
+        uname(&u)
+        let release = withUnsafeBytes(of: &u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        return (try? String(contentsOfFile: "/lib/modules/\(release)/modules.dep", encoding: .utf8))?.contains("/\(name).ko") == true
+    }
+
+    /// The pid of the container's init under process `root` (the wrapper
+    /// that runs nspawn): a child of `systemd-nspawn` that is PID 1 of its
+    /// own namespace and has exec'd its init. The wrapper's own PID 1 (nspawn
+    /// itself, or `unshare`/`sh` just before that exec) never qualifies.
+    /// nil while it is not there (yet).
+    static func initPID(under root: pid_t) -> pid_t? {
+        var queue = [root]
+        var seen = 0
+        while let pid = queue.popLast(), seen < 64 {
+            seen += 1
+            let parentIsNspawn = comm(pid) == "systemd-nspawn"
+            for child in children(of: pid) {
+                if parentIsNspawn, isNamespaceInit(child) { return child }
+                queue.append(child)
+            }
+        }
+        return nil
+    }
+
+    private static func comm(_ pid: pid_t) -> String? {
+        (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    private static func children(of pid: pid_t) -> [pid_t] {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        return tasks.flatMap { task -> [pid_t] in
+            let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/children", encoding: .utf8)) ?? ""
+            return text.split(separator: " ").compactMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        }
+    }
+
+    private static func isNamespaceInit(_ pid: pid_t) -> Bool {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let nspid = status.split(separator: "\n").first(where: { $0.hasPrefix("NSpid:") })
+        else { return false }
+        let ids = nspid.split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst()
+        guard ids.count >= 2, ids.last == "1" else { return false }
+        let name = comm(pid)
+        return name != nil && name != "systemd-nspawn"
+    }
+
+    /// Waits (at most `seconds`) until none of `pids` is alive (zombies
+    /// count as gone). The container dies asynchronously once the wrapper
+    /// is killed: its PID namespace is torn down after the wrapper is reaped.
+    static func waitGone(_ pids: [pid_t], seconds: Double) async {
+        let clock = ContinuousClock()
+        let end = clock.now.advanced(by: .milliseconds(Int(seconds * 1000)))
+        while clock.now < end, pids.contains(where: alive) {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    private static func alive(_ pid: pid_t) -> Bool {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return false }
+        return !status.contains("State:\tZ")
+    }
+
+    /// The parent of `pid` (for the nspawn process above a container's init).
+    static func parent(of pid: pid_t) -> pid_t? {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("PPid:") })
+        else { return nil }
+        return pid_t(line.dropFirst(5).trimmingCharacters(in: .whitespaces))
+    }
+}
