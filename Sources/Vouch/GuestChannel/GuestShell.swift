@@ -121,6 +121,26 @@ actor GuestShell {
         try await connect()
     }
 
+    /// Takes over a shell that is already running (a restored snapshot):
+    /// no banner comes, so the framing is installed again right away, which
+    /// also proves the channel works.
+    /// - Throws: `VouchError` as `connect()`.
+    func resume() async throws {
+        try await lock()
+        defer { unlock() }
+        let nonce = nextNonce()
+        try send(ShellFraming.setupScript(nonce: nonce))
+        _ = try await readAnswer(nonce: nonce)
+        lost = nil
+    }
+
+    /// Holds the shell between commands, e.g. while the guest is snapshotted:
+    /// no command is half-sent or half-answered until `release()`.
+    func acquire() async throws { try await lock() }
+
+    /// Ends `acquire()`.
+    func release() { unlock() }
+
     /// Marks the shell unusable with `reason`.
     func markLost(_ reason: String) {
         lost = reason

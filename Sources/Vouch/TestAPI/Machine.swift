@@ -16,15 +16,15 @@ public actor Machine {
     let bootTimeout: Double
     /// Unit that means "booted" (for images with systemd), or nil.
     public nonisolated let readyUnit: String?
-    private let makeBackend: @Sendable (MachineContext) throws -> any Backend
-    private var backend: (any Backend)?
-    private var shell: GuestShell?
+    let makeBackend: @Sendable (MachineContext) throws -> any Backend
+    var backend: (any Backend)?
+    var shell: GuestShell?
     private var booting: Task<Void, any Error>?
     private var bootStarted: ContinuousClock.Instant?
     /// Whether the guest's shell is connected.
-    public private(set) var booted = false
+    public internal(set) var booted = false
     /// How long the last boot took to the first usable shell, in seconds.
-    public private(set) var lastBootSeconds: Double?
+    public internal(set) var lastBootSeconds: Double?
 
     var log: TestLog { context.log }
     var console: Console { context.console }

@@ -1,0 +1,56 @@
+import Foundation
+import Testing
+@testable import Vouch
+
+/// Snapshots on real guests: state round trips, repeated restores, and
+/// networked machines restored together.
+@Suite(.serialized)
+struct SnapshotTests {
+    @Test(arguments: ["minimal", "systemd"])
+    func stateRoundTripsAndOneSnapshotRestoresManyTimes(image: String) async throws {
+        let run = try await RealRun.run([guest("m", image: image)]) { d in
+            let m = try d.machine("m")
+            // /root is in RAM on the minimal guest and on disk on the systemd one.
+            try await m.succeed("echo before > /root/before",
+                                "sleep 100000 >/dev/null 2>&1 & echo $! > /root/sleeper",
+                                "echo from-host-check > /tmp/shared/seen-before")
+            try await m.snapshot("base")
+            // The machine goes on after a snapshot, with its shared directory.
+            try await m.succeed("test -f /tmp/shared/seen-before", "kill -0 $(cat /root/sleeper)")
+            for round in 1...3 {
+                try await m.succeed("echo after > /root/after", "kill $(cat /root/sleeper)", "sync")
+                try await m.restore("base")
+                #expect(try await m.succeed("cat /root/before") == "before\n", "round \(round)")
+                try await m.fail("test -e /root/after")
+                try await m.succeed("kill -0 $(cat /root/sleeper)")
+                // The clock is current again and the shared directory is back.
+                let skew = abs(Int(try await m.succeed("date +%s").trimmingCharacters(in: .whitespacesAndNewlines))! - Int(Date().timeIntervalSince1970))
+                #expect(skew < 30, "guest clock off by \(skew) s")
+                try await m.succeed("echo round\(round) > /tmp/shared/round", "test -f /tmp/shared/seen-before")
+            }
+            // A snapshot of a restored machine works too (its RAM travels in the stream).
+            try await m.succeed("echo second > /root/second")
+            try await m.snapshot("second")
+            try await m.succeed("rm /root/second /root/before")
+            try await m.restore("second")
+            try await m.succeed("test -f /root/second", "test -f /root/before")
+            try await m.restore("base")
+            try await m.fail("test -e /root/second")
+        }
+        #expect(run.outcome == .passed, "\(run.outcome)")
+    }
+
+    @Test func missingSnapshotNameIsAClearError() async throws {
+        let run = try await RealRun.run([guest("m")]) { d in
+            let m = try d.machine("m")
+            do {
+                try await m.restore("nope")
+                Issue.record("restore of a missing snapshot succeeded")
+            } catch let error as VouchError {
+                #expect(error.message.contains("no snapshot named 'nope'"), "\(error)")
+            }
+            try await m.succeed("true")
+        }
+        #expect(run.outcome == .passed, "\(run.outcome)")
+    }
+}
