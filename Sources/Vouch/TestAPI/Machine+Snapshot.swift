@@ -169,6 +169,17 @@ extension Machine {
         return try snapshotsRoot() + "/" + name
     }
 
+    /// Gives `directory` (from `writeSnapshot`) the name `name`.
+    func publishSnapshot(_ directory: String, as name: String) throws {
+        try publish(directory, as: try snapshotLink(name))
+    }
+
+    /// The directory of the snapshot called `name`.
+    /// - Throws: `VouchError.other` if there is none.
+    func namedSnapshotDirectory(_ name: String) throws -> String {
+        try snapshotDirectory(name)
+    }
+
     private func snapshotDirectory(_ name: String) throws -> String {
         let link = try snapshotLink(name)
         guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: link) else {
