@@ -87,13 +87,18 @@ extension Machine {
     func writeSnapshot(_ session: SnapshotSession, into parent: String?) async throws -> String {
         let directory = try makePrivateDirectory(in: parent ?? snapshotsRoot())
         do {
-            try await session.backend.saveSnapshot(to: directory)
-            try JSONEncoder().encode(session.info).write(to: URL(fileURLWithPath: directory + "/" + GuestSnapshotInfo.file))
+            try await writeSnapshot(session, to: directory)
         } catch {
             try? FileManager.default.removeItem(atPath: directory)
             throw error
         }
         return directory
+    }
+
+    /// Saves the paused guest into the existing, empty `directory`.
+    func writeSnapshot(_ session: SnapshotSession, to directory: String) async throws {
+        try await session.backend.saveSnapshot(to: directory)
+        try JSONEncoder().encode(session.info).write(to: URL(fileURLWithPath: directory + "/" + GuestSnapshotInfo.file))
     }
 
     /// Lets the guest run again after a snapshot and puts its mounts back.
