@@ -25,8 +25,18 @@ struct Bench: AsyncParsableCommand {
     @Flag(help: "Measure startAll of 1, 2 and 4 minimal machines and the ping round trip between two, instead.")
     var network = false
 
+    @Flag(help: "Measure cold boot against snapshot restore (restore → first command) instead.")
+    var snapshots = false
+
+    @Option(help: "With --snapshots: guest memory sizes in MiB, comma-separated (restore should not depend on it).")
+    var memory = "512"
+
+    @Option(help: "With --snapshots: restores per guest.")
+    var restores = 5
+
     func run() async throws {
         if network { return try await runNetwork() }
+        if snapshots { return try await runSnapshots() }
         var rows: [[String]] = []
         var accelerator = "unknown"
         for image in images.split(separator: ",").map(String.init) {

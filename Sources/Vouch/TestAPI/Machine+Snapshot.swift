@@ -138,17 +138,26 @@ extension Machine {
         }
         self.shell = shell
         booted = true
+        log.debug("restored guest shell answers", machine: name)
+        // One command for the clock and the mounts: every exec in a freshly
+        // restored TCG guest is slow (its translated code is gone).
         let now = Int(Date().timeIntervalSince1970)
-        let clock = try await execute("date -u -s @\(now) >/dev/null")
-        if clock.status != 0 { log.warning("cannot set the restored guest's clock: \(clock.text)", machine: name) }
-        await remount(info.mounts)
+        var command = "date -u -s @\(now) >/dev/null || echo 'cannot set the clock' >&2"
+        for mount in info.mounts { command += "; " + Self.mountCommand(mount) }
+        let result = try await execute(command)
+        if result.status != 0 { log.warning("after restoring: '\(command)' failed (\(result.status)): \(result.text)", machine: name) }
+        log.debug("restored guest clock set and shares mounted", machine: name)
+    }
+
+    private static func mountCommand(_ mount: [String]) -> String {
+        "mount -t 9p -o trans=virtio,version=9p2000.L,msize=131072 \(shellQuote(mount[0])) \(shellQuote(mount[1]))"
     }
 
     /// Mounts 9p shares again; a failure is logged, not thrown, because the
     /// guest is otherwise fine.
     private func remount(_ mounts: [[String]]) async {
         for mount in mounts {
-            let command = "mount -t 9p -o trans=virtio,version=9p2000.L,msize=131072 \(shellQuote(mount[0])) \(shellQuote(mount[1]))"
+            let command = Self.mountCommand(mount)
             let result = try? await execute(command)
             if result?.status != 0 {
                 log.warning("cannot remount \(mount[1]) after the snapshot: \(result?.text ?? "no answer")", machine: name)

@@ -247,7 +247,9 @@ final class QEMUBackend: Backend {
 
     /// Ends the QEMU process and its sockets and pumps, keeping the state
     /// directory, so the backend can launch again (a snapshot restore).
-    func endProcess() async {
+    /// `discard`: the guest's state is thrown away, so QEMU is killed at once
+    /// instead of asked to quit.
+    func endProcess(discard: Bool = false) async {
         let (process, qmp, reader, writeFD, pumps, forwarders) = state.withLock { s in
             defer {
                 s.shellWriteFD = -1
@@ -259,7 +261,9 @@ final class QEMUBackend: Backend {
         }
         for forwarder in forwarders { await forwarder.stop() }
         if let process, process.exitStatus == nil {
-            if let qmp {
+            if discard {
+                process.signal(SIGKILL)
+            } else if let qmp {
                 _ = try? await withDeadline(seconds: 1) { try await qmp.execute("quit") }
                 _ = try? await withDeadline(seconds: 1) { try await process.waitForExit() }
             }

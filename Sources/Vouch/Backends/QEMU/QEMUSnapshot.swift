@@ -87,7 +87,8 @@ extension QEMUBackend: SnapshottingBackend {
             throw VouchError(.unsupported, "snapshots need a machine booted by Vouch (not a start script)", machine: context.name)
         }
         let accel = try await accelerator()
-        await endProcess()
+        await endProcess(discard: true)
+        context.log.debug("previous QEMU ended", machine: context.name)
         try FileManager.default.createDirectory(atPath: context.stateDirectory, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o700])
         var overlay: String?
@@ -110,6 +111,7 @@ extension QEMUBackend: SnapshottingBackend {
             try await enableIgnoreShared(qmp)
             try await qmp.execute("migrate-incoming", ["uri": .string("exec:cat " + shellQuote(directory + "/" + QEMUSnapshotFiles.state))])
             try await waitForMigration(qmp, what: "loading the device state")
+            context.log.debug("snapshot device state loaded", machine: context.name)
         } catch var error as VouchError {
             channel.close()
             await endProcess()
