@@ -40,8 +40,14 @@ struct SnapshotTests {
         #expect(run.outcome == .passed, "\(run.outcome)")
     }
 
-    @Test func twoMachinesOnAVLANRestoredTogetherStillPing() async throws {
-        let run = try await RealRun.run([guest("a"), guest("b")]) { d in
+    @Test(arguments: [TestSpec.NetworkKind.vde, .tap])
+    func twoMachinesOnAVLANRestoredTogetherStillPing(network: TestSpec.NetworkKind) async throws {
+        var spec = TestSpec(name: "snapshot-\(network)", machines: [guest("a"), guest("b")])
+        spec.network = network
+        var options = RunOptions(outputDirectory: RealRun.outputDirectory("snapshot-\(network)"))
+        options.quiet = ProcessInfo.processInfo.environment["VOUCH_TEST_LOG"] == nil
+        let driver = try Driver(spec: spec, options: options)
+        let outcome = await driver.run { d in
             let (a, b) = (try d.machine("a"), try d.machine("b"))
             try await d.startAll()
             try await a.succeed("ping -c 1 -W 5 b")
@@ -58,7 +64,9 @@ struct SnapshotTests {
                 try await b.succeed("ping -c 1 -W 5 a")
             }
         }
-        #expect(run.outcome == .passed, "\(run.outcome)")
+        #expect(outcome == .passed, "\(outcome)")
+        RealRun(driver: driver, outcome: outcome).expectNoLeftovers()
+        if outcome == .passed { try? FileManager.default.removeItem(at: options.outputDirectory) }
     }
 
     @Test func missingSnapshotNameIsAClearError() async throws {
