@@ -63,7 +63,8 @@ extension Machine {
             throw VouchError(.unsupported, "the \(backend?.kind ?? "unknown") backend cannot take snapshots", machine: name)
         }
         guard let shell else { throw VouchError(.machineDown, "the machine is not running", machine: name) }
-        let listing = try await execute("awk '$3 == \"9p\" { print $1; print $2 }' /proc/mounts")
+        // Shell builtins only: no exec, and no dependence on awk in the guest.
+        let listing = try await execute("while read -r src dir type rest; do if [ \"$type\" = 9p ]; then echo \"$src\"; echo \"$dir\"; fi; done < /proc/mounts")
         guard listing.status == 0 else {
             throw VouchError(.commandFailed, "cannot list the guest's mounts", machine: name, status: listing.status, outputTail: tail(listing.text))
         }
