@@ -56,6 +56,18 @@ import Testing
         }
     }
 
+    @Test func abandonedStoresAreClearedButRecentOnesKept() async throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let cache = SnapshotCache(root: root)
+        for name in [".incomplete-old", ".incomplete-young"] {
+            try FileManager.default.createDirectory(atPath: root + "/" + name, withIntermediateDirectories: true)
+        }
+        try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSinceNow: -7200)], ofItemAtPath: root + "/.incomplete-old")
+        _ = try await store(cache, key: "k")
+        #expect(!FileManager.default.fileExists(atPath: root + "/.incomplete-old"))
+        #expect(FileManager.default.fileExists(atPath: root + "/.incomplete-young"))
+    }
+
     @Test func hashIsStableAndKeySensitive() {
         #expect(SnapshotCache.hash("a") == SnapshotCache.hash("a"))
         #expect(SnapshotCache.hash("a") != SnapshotCache.hash("b"))

@@ -70,6 +70,7 @@ public struct SnapshotCache: Sendable {
     /// then becomes the entry in one rename. Returns the entry's directory.
     func store(key: String, machine: String, save: @Sendable (String) async throws -> Void) async throws -> String {
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        removeAbandonedStores()
         let temporary = try makePrivateDirectory(in: root, prefix: ".incomplete-")
         do {
             try await save(temporary)
@@ -93,6 +94,19 @@ public struct SnapshotCache: Sendable {
     }
 
     // MARK: - Internals
+
+    /// Temporary directories of stores that crashed (older than an hour:
+    /// younger ones may belong to a run still saving).
+    private func removeAbandonedStores() {
+        let fm = FileManager.default
+        for entry in (try? fm.contentsOfDirectory(atPath: root)) ?? [] where entry.hasPrefix(".incomplete-") {
+            let path = root + "/" + entry
+            if let modified = (try? fm.attributesOfItem(atPath: path))?[.modificationDate] as? Date,
+               Date().timeIntervalSince(modified) > 3600 {
+                try? fm.removeItem(atPath: path)
+            }
+        }
+    }
 
     func entryDirectory(_ key: String) -> String {
         root + "/" + Self.hash(key)

@@ -44,11 +44,23 @@ enum QEMUSnapshotFiles {
 
 extension QEMUBackend: SnapshottingBackend {
     func pause() async throws {
-        try await qmp().execute("stop")
+        try await control("stop")
     }
 
     func resume() async throws {
-        try await qmp().execute("cont")
+        try await control("cont")
+    }
+
+    /// A QMP command that QEMU answers at once, under a deadline so that a
+    /// hung QEMU cannot hang the test.
+    private func control(_ command: String, timeout: Double = 30) async throws {
+        let qmp = try qmp()
+        do {
+            try await withDeadline(seconds: timeout) { _ = try await qmp.execute(command) }
+        } catch is DeadlineExceeded {
+            throw VouchError(.timeout, "QEMU did not answer '\(command)' within \(formatSeconds(timeout))", machine: context.name,
+                             outputTail: tail(qemuErrors))
+        }
     }
 
     func saveSnapshot(to directory: String) async throws {
