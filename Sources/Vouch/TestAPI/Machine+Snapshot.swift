@@ -25,6 +25,7 @@ extension Machine {
     ///   or what went wrong while saving (the guest keeps running).
     public func snapshot(_ name: String) async throws {
         let final = try snapshotLink(name)
+        let began = ContinuousClock.now
         let session = try await beginSnapshot()
         let directory: String
         do {
@@ -36,7 +37,7 @@ extension Machine {
         }
         await endSnapshot(session)
         try publish(directory, as: final)
-        log.log("saved snapshot '\(name)'", machine: self.name)
+        log.log(String(format: "saved snapshot '\(name)' (%.3f s)", (ContinuousClock.now - began).seconds), machine: self.name)
     }
 
     /// Brings the machine back exactly as it was at `snapshot(name)`: files
