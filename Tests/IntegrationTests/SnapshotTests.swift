@@ -53,6 +53,10 @@ struct SnapshotTests {
             try await a.succeed("ping -c 1 -W 5 b")
             try await a.succeed("echo a-before > /root/state")
             try await b.succeed("echo b-before > /root/state")
+            // A forwarded port keeps working across restores (it is host-side).
+            try await a.succeed("mkdir -p /tmp/www && echo served > /tmp/www/index.html && httpd -p 8080 -h /tmp/www")
+            try await a.waitForOpenPort(8080)
+            let port = try await a.forwardPort(guest: 8080)
             try await d.snapshotAll("pair")
             for round in 1...2 {
                 try await a.succeed("echo a-after > /root/state")
@@ -62,6 +66,7 @@ struct SnapshotTests {
                 #expect(try await b.succeed("cat /root/state") == "b-before\n", "round \(round)")
                 try await a.succeed("ping -c 1 -W 5 b")
                 try await b.succeed("ping -c 1 -W 5 a")
+                #expect(try await hostCurl("http://127.0.0.1:\(port)/index.html") == "served\n", "round \(round)")
             }
         }
         #expect(outcome == .passed, "\(outcome)")

@@ -29,6 +29,8 @@ final class QEMUBackend: Backend {
         var stopped = false
         var accelerator: Accelerator.Kind?
         var memory: GuestMemory?
+        /// Port forwards (host, guest), set up again in a restored QEMU.
+        var forwards: [(host: Int, guest: Int)] = []
     }
 
     /// Send buffer for QEMU's end of the shell socket (see the type's documentation).
@@ -203,7 +205,10 @@ final class QEMUBackend: Backend {
             } catch {
                 throw VouchError(.other, "cannot forward 127.0.0.1:\(hostPort): \(error)", machine: context.name)
             }
-            state.withLock { $0.forwarders.append(forwarder) }
+            state.withLock {
+                $0.forwarders.append(forwarder)
+                $0.forwards.append((hostPort, guestPort))
+            }
             return
         }
         let reply = try await qmp().execute(
@@ -212,6 +217,7 @@ final class QEMUBackend: Backend {
             throw VouchError(.other, "QEMU refused the port forward \(hostPort) -> \(guestPort): \(text.trimmingTrailingNewlines())",
                              machine: context.name)
         }
+        state.withLock { $0.forwards.append((hostPort, guestPort)) }
     }
 
     func setLinks(up: Bool) async throws {

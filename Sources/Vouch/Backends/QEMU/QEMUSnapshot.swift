@@ -124,6 +124,10 @@ extension QEMUBackend: SnapshottingBackend {
             try await qmp.execute("migrate-incoming", ["uri": .string("exec:cat " + shellQuote(directory + "/" + QEMUSnapshotFiles.state))])
             try await waitForMigration(qmp, what: "loading the device state")
             context.log.debug("snapshot device state loaded", machine: context.name)
+            // Forwards are host-side settings, not guest state: the test's
+            // ports keep working across a restore.
+            let forwards = state.withLock { s in defer { s.forwards.removeAll() }; return s.forwards }
+            for forward in forwards { try await forwardPort(hostPort: forward.host, guestPort: forward.guest) }
         } catch var error as VouchError {
             channel.close()
             await endProcess()
