@@ -68,6 +68,12 @@ struct SnapshotTests {
                 try await b.succeed("ping -c 1 -W 5 a")
                 #expect(try await hostCurl("http://127.0.0.1:\(port)/index.html") == "served\n", "round \(round)")
             }
+            // A machine blocked before a restore stays blocked after it.
+            try await b.block()
+            try await d.restoreAll("pair")
+            try await a.fail("ping -c 1 -W 2 b")
+            try await b.unblock()
+            try await a.waitUntilSucceeds("ping -c 1 -W 2 b", timeout: 60)
         }
         #expect(outcome == .passed, "\(outcome)")
         RealRun(driver: driver, outcome: outcome).expectNoLeftovers()

@@ -31,6 +31,8 @@ final class QEMUBackend: Backend {
         var memory: GuestMemory?
         /// Port forwards (host, guest), set up again in a restored QEMU.
         var forwards: [(host: Int, guest: Int)] = []
+        /// Whether `setLinks(up: false)` is in force (re-applied after a restore).
+        var linksDown = false
     }
 
     /// Send buffer for QEMU's end of the shell socket (see the type's documentation).
@@ -225,6 +227,7 @@ final class QEMUBackend: Backend {
         for attachment in context.network?.attachments ?? [] {
             try await qmp.execute("set_link", ["name": .string(attachment.nic.netdev), "up": .bool(up)])
         }
+        state.withLock { $0.linksDown = !up }
     }
 
     func crash() async throws {

@@ -128,6 +128,8 @@ extension QEMUBackend: SnapshottingBackend {
             // ports keep working across a restore.
             let forwards = state.withLock { s in defer { s.forwards.removeAll() }; return s.forwards }
             for forward in forwards { try await forwardPort(hostPort: forward.host, guestPort: forward.guest) }
+            // Likewise a link cut with block() stays cut.
+            if state.withLock({ $0.linksDown }) { try await setLinks(up: false) }
         } catch var error as VouchError {
             channel.close()
             await endProcess()
