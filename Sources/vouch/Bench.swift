@@ -31,10 +31,20 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Compare backends instead (comma-separated: qemu,nspawn,ssh): boot to first command and round trips.")
     var backends: String?
 
+    @Flag(help: "Measure cold boot against snapshot restore (restore → first command) instead.")
+    var snapshots = false
+
+    @Option(help: "With --snapshots: guest memory sizes in MiB, comma-separated (restore should not depend on it).")
+    var memory = "512"
+
+    @Option(help: "With --snapshots: restores per guest.")
+    var restores = 5
+
     func run() async throws {
         if network { return try await runNetwork() }
         if scripts { return try await runScripts() }
         if let backends { return try await runBackends(backends) }
+        if snapshots { return try await runSnapshots() }
         var rows: [[String]] = []
         var accelerator = "unknown"
         for image in images.split(separator: ",").map(String.init) {

@@ -140,6 +140,9 @@ struct CommonRunOptions: ParsableArguments {
     @Option(name: .long, help: "Accelerator: auto (probe KVM, else TCG), kvm or tcg. Also $VOUCH_ACCEL.")
     var accel: String?
 
+    @Flag(name: .long, help: "Start machines from a cached snapshot taken after an earlier run's boot, or boot and cache one ($VOUCH_SNAPSHOTS, default ~/.cache/vouch/snapshots).")
+    var snapshotAfterBoot = false
+
     func validate() throws {
         if let accel, Accelerator.Choice(rawValue: accel) == nil {
             throw ValidationError("--accel must be auto, kvm or tcg")
@@ -153,6 +156,7 @@ struct CommonRunOptions: ParsableArguments {
         if keepVmState { args.append("--keep-vm-state") }
         if let globalTimeout { args += ["--global-timeout", String(globalTimeout)] }
         if let accel { args += ["--accel", accel] }
+        if snapshotAfterBoot { args.append("--snapshot-after-boot") }
         return args
     }
 
@@ -163,6 +167,7 @@ struct CommonRunOptions: ParsableArguments {
         r.keepState = keepVmState
         r.globalTimeout = globalTimeout
         r.accelerator = accel
+        r.snapshotAfterBoot = snapshotAfterBoot
         return r
     }
 }

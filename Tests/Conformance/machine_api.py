@@ -132,6 +132,19 @@ with subtest("unsupported methods say so"):
     with t.assertRaises(AttributeError):
         web_server.no_such_method()
 
+with subtest("snapshots (Vouch's, as in attest)"):
+    client.succeed("echo before > /root/snap-mark")
+    client.snapshot_create("base")
+    client.succeed("echo after > /root/after-mark")
+    client.snapshot_restore("base")
+    t.assertEqual(client.succeed("cat /root/snap-mark"), "before\n")
+    client.fail("test -e /root/after-mark")
+    snapshot_all("both")
+    client.succeed("touch /root/gone-after-restore-all")
+    restore_all("both")
+    client.fail("test -e /root/gone-after-restore-all")
+    client.succeed("ping -c 1 -W 5 web-server")
+
 with subtest("reboot, crash and shutdown"):
     client.succeed("echo before > /root/mark")
     client.reboot()

@@ -70,14 +70,14 @@ class Bridge:
         self._lock = threading.Lock()
         self._next_id = 0
 
-    def call(self, name, machine=None, **args):
+    def call(self, method, /, machine=None, **args):
         """Sends one request and waits for its answer.
 
         Raises VouchError (or RequestedAssertionFailed) with Vouch's full
         message when the call fails.  Ctrl-C while waiting asks Vouch to
         cancel the call and raises KeyboardInterrupt once it has stopped.
         """
-        request = {"call": name, "args": args}
+        request = {"call": method, "args": args}
         if machine is not None:
             request["machine"] = machine
         where = _caller_location()
@@ -108,7 +108,7 @@ class Bridge:
         if error is not None:
             kind = error.get("kind", "other")
             if kind == "unsupported":
-                raise NotSupportedByVouch(name, error.get("message", "not supported"))
+                raise NotSupportedByVouch(method, error.get("message", "not supported"))
             cls = RequestedAssertionFailed if kind in _ASSERTION_KINDS else VouchError
             raise cls(kind, error.get("message", "unknown error"))
         return answer.get("result")

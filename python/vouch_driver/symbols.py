@@ -169,6 +169,14 @@ class Driver:
             for machine in self.machines:
                 machine.wait_for_shutdown()
 
+    def snapshot_all(self, name):
+        """Saves every machine together (all paused before any is saved)."""
+        bridge().call("snapshot_all", name=str(name))
+
+    def restore_all(self, name):
+        """Brings every machine back from `snapshot_all(name)`, resumed together."""
+        bridge().call("restore_all", name=str(name))
+
     def serial_stdout_on(self):
         bridge().call("serial_stdout", on=True)
 
@@ -239,6 +247,8 @@ class Driver:
             serial_stdout_off=self.serial_stdout_off,
             serial_stdout_on=self.serial_stdout_on,
             polling_condition=self.polling_condition,
+            snapshot_all=self.snapshot_all,
+            restore_all=self.restore_all,
             Machine=Machine,
             BaseMachine=Machine,
             t=AssertionTester(),

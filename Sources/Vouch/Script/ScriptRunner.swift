@@ -13,6 +13,8 @@ public struct RunRequest: Codable, Sendable {
     public var keepState = false
     public var globalTimeout: Double?
     public var accelerator: String?
+    /// See `RunOptions.snapshotAfterBoot`.
+    public var snapshotAfterBoot = false
 
     public static let environmentKey = "VOUCH_RUN_REQUEST"
 
@@ -35,6 +37,7 @@ public struct RunRequest: Codable, Sendable {
         options.junitXML = junitXML.map { URL(fileURLWithPath: $0) }
         options.keepState = keepState
         options.globalTimeout = globalTimeout
+        options.snapshotAfterBoot = snapshotAfterBoot
         if let accelerator {
             guard let choice = Accelerator.Choice(rawValue: accelerator) else {
                 throw VouchError(.invalidSpec, "unknown accelerator '\(accelerator)' (auto, kvm or tcg)")

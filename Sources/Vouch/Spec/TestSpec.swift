@@ -17,6 +17,8 @@ public struct TestSpec: Sendable {
     /// How VLANs are built: `vde` switches (default), or `tap` devices on
     /// bridges in a private network namespace.
     public var network: NetworkKind = .vde
+    /// `"snapshotAfterBoot": true`: as `vouch run --snapshot-after-boot`.
+    public var snapshotAfterBoot = false
 
     /// The ways a test network can be built.
     public enum NetworkKind: String, Sendable {
@@ -50,7 +52,7 @@ public struct TestSpec: Sendable {
     /// - Throws: `VouchError.invalidSpec` naming the offending key.
     public static func parse(_ json: JSONValue, defaultName: String = "test") throws -> TestSpec {
         let top = try SpecObject(json, path: "spec")
-        try top.allow(["name", "globalTimeout", "machines", "network"])
+        try top.allow(["name", "globalTimeout", "machines", "network", "snapshotAfterBoot"])
         let name = try top.string("name") ?? defaultName
         let timeout = try top.number("globalTimeout") ?? 3600
         guard timeout > 0 else { throw invalid("globalTimeout must be positive") }
@@ -70,6 +72,11 @@ public struct TestSpec: Sendable {
         // there is no VDE plug for them.
         if spec.network == .vde, let m = spec.machines.first(where: { $0.backend == "nspawn" && !$0.vlans.isEmpty }) {
             throw invalid("machines.\(m.name): the nspawn backend needs \"network\": \"tap\" to join VLANs (or \"vlans\": [])")
+        }
+        switch top.value("snapshotAfterBoot") {
+        case nil: break
+        case .bool(let on)?: spec.snapshotAfterBoot = on
+        default: throw invalid("spec.snapshotAfterBoot must be true or false")
         }
         return spec
     }

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 
 /// Reads a file descriptor on its own thread until end of file and feeds a `ByteQueue`.
 ///
@@ -9,6 +10,9 @@ import Glibc
 final class FDReader: Sendable {
     let queue = ByteQueue()
     private let fd: Int32
+    /// Set once the thread has closed `fd`: its number may then belong to
+    /// another descriptor, which a late `shutdownSocket` must not touch.
+    private let closed = Mutex(false)
 
     init(fd: Int32, name: String) {
         self.fd = fd
@@ -29,7 +33,10 @@ final class FDReader: Sendable {
                     break
                 }
             }
-            close(fd)
+            self.closed.withLock { done in
+                close(fd)
+                done = true
+            }
         }
         thread.name = "vouch-read-\(name)"
         thread.start()
@@ -38,7 +45,9 @@ final class FDReader: Sendable {
     /// Stops the reader: it sees end of file and closes the descriptor.
     /// Works for sockets; for pipes the writer's exit does the same.
     func shutdownSocket() {
-        Glibc.shutdown(fd, Int32(SHUT_RDWR))
+        closed.withLock { done in
+            if !done { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+        }
     }
 }
 

@@ -18,6 +18,11 @@ public struct RunOptions: Sendable {
     /// For `"network": "tap"`: build the namespace inside a user namespace
     /// (true), directly (false), or by privilege (nil: only when not root).
     public var userNamespaceNetwork: Bool?
+    /// Boot each machine from a cached snapshot of an earlier run's boot,
+    /// or boot it and cache one (`--snapshot-after-boot`).
+    public var snapshotAfterBoot = false
+    /// Where boot snapshots are cached (default `SnapshotCache.defaultRoot`).
+    public var snapshotCacheDirectory: String?
 
     public init(outputDirectory: URL) {
         self.outputDirectory = outputDirectory
@@ -83,6 +88,7 @@ public final class Driver: Sendable {
         let shared = runDirectory + "/shared-xchg"
         try fm.createDirectory(atPath: shared, withIntermediateDirectories: true)
         var machines: [Machine] = []
+        let cache = options.snapshotAfterBoot || spec.snapshotAfterBoot ? SnapshotCache(root: options.snapshotCacheDirectory) : nil
         for (m, plan) in zip(spec.machines, plans) {
             var context = MachineContext(
                 name: m.name, stateDirectory: runDirectory + "/vm-state-\(m.name)", sharedDirectory: shared,
@@ -102,7 +108,8 @@ public final class Driver: Sendable {
                 }
             }
             machines.append(Machine(context: context, outputDirectory: options.outputDirectory,
-                                    bootTimeout: m.bootTimeout, readyUnit: plan.readyUnit, makeBackend: plan.make))
+                                    bootTimeout: m.bootTimeout, readyUnit: plan.readyUnit, snapshotCache: cache,
+                                    makeBackend: plan.make))
         }
         self.machines = machines
     }

@@ -16,21 +16,24 @@ public actor Machine {
     let bootTimeout: Double
     /// Unit that means "booted" (for images with systemd), or nil.
     public nonisolated let readyUnit: String?
-    private let makeBackend: @Sendable (MachineContext) throws -> any Backend
-    private var backend: (any Backend)?
-    private var shell: GuestShell?
+    let makeBackend: @Sendable (MachineContext) throws -> any Backend
+    /// Where boot snapshots are reused from (`--snapshot-after-boot`), or nil.
+    let snapshotCache: SnapshotCache?
+    var backend: (any Backend)?
+    var shell: GuestShell?
     private var booting: Task<Void, any Error>?
     private var bootStarted: ContinuousClock.Instant?
     /// Whether the guest's shell is connected.
-    public private(set) var booted = false
+    public internal(set) var booted = false
     /// How long the last boot took to the first usable shell, in seconds.
-    public private(set) var lastBootSeconds: Double?
+    public internal(set) var lastBootSeconds: Double?
 
     var log: TestLog { context.log }
     var console: Console { context.console }
 
     init(
         context: MachineContext, outputDirectory: URL, bootTimeout: Double, readyUnit: String?,
+        snapshotCache: SnapshotCache? = nil,
         makeBackend: @escaping @Sendable (MachineContext) throws -> any Backend
     ) {
         self.name = context.name
@@ -39,6 +42,7 @@ public actor Machine {
         self.bootTimeout = bootTimeout
         self.readyUnit = readyUnit
         self.makeBackend = makeBackend
+        self.snapshotCache = snapshotCache
     }
 
     /// Replaces characters that cannot appear in an identifier with `_`, and
@@ -74,13 +78,18 @@ public actor Machine {
         log.log("starting vm", machine: name)
         let began = ContinuousClock.now
         bootStarted = began
-        let backend: any Backend
+        let firstBoot = lastBootSeconds == nil
+        var backend: any Backend
         if let existing = self.backend, existing.exitStatus == nil {
             backend = existing
         } else {
             if let old = self.backend { await old.stop(keepState: true) }
             backend = try makeBackend(context)
             self.backend = backend
+        }
+        if let snapshotCache, firstBoot {
+            if try await bootFromSnapshot(snapshotCache, began: began) { return }
+            backend = self.backend ?? backend
         }
         let channel = try await backend.start()
         let shell = GuestShell(machine: name, channel: channel)
@@ -91,6 +100,7 @@ public actor Machine {
         let seconds = (ContinuousClock.now - began).seconds
         lastBootSeconds = seconds
         log.log(String(format: "connected to the guest root shell (%.2f s after start)", seconds), machine: name)
+        if let snapshotCache, firstBoot { await storeBootSnapshot(snapshotCache) }
     }
 
     /// Waits for the banner and sets up the framing, within the boot timeout.

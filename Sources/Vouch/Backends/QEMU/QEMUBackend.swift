@@ -19,7 +19,7 @@ final class QEMUBackend: Backend {
     /// Called once the accelerator is chosen, so the log can say which and why.
     let probeKernel: String?
 
-    private struct State {
+    struct State {
         var process: ChildProcess?
         var qmp: QMPClient?
         var shellReader: FDReader?
@@ -27,12 +27,18 @@ final class QEMUBackend: Backend {
         var pumps: [Task<Void, Never>] = []
         var forwarders: [PortForwarder] = []
         var stopped = false
+        var accelerator: Accelerator.Kind?
+        var memory: GuestMemory?
+        /// Port forwards (host, guest), set up again in a restored QEMU.
+        var forwards: [(host: Int, guest: Int)] = []
+        /// Whether `setLinks(up: false)` is in force (re-applied after a restore).
+        var linksDown = false
     }
 
     /// Send buffer for QEMU's end of the shell socket (see the type's documentation).
     static let shellSendBuffer: Int32 = 64 << 20
 
-    private let state = Mutex(State())
+    let state = Mutex(State())
     private let stderrText = OutputCollector()
 
     init(context: MachineContext, config: QEMUConfig, hostnameParameter: String, probeKernel: String?) {
@@ -60,9 +66,25 @@ final class QEMUBackend: Backend {
         if case .direct(_, _, let rootDisk?, _) = config.boot {
             overlay = try await makeOverlay(over: rootDisk)
         }
-        let commandLine = QEMUCommandLine(
+        // Guest RAM in a shared memfd lets a snapshot skip copying it (see QEMUSnapshot.swift).
+        var memory: GuestMemory?
+        if case .direct = config.boot { memory = .memfd }
+        return try await launch(accelerator: accel, overlay: overlay, memory: memory, incoming: false)
+    }
+
+    /// Starts QEMU with the given disk overlay and RAM backing; `incoming`
+    /// leaves it paused, waiting for a snapshot's device state.
+    func launch(accelerator accel: Accelerator.Kind, overlay: String?, memory: GuestMemory?, incoming: Bool) async throws -> GuestChannel {
+        let name = context.name
+        var commandLine = QEMUCommandLine(
             config: config, stateDirectory: context.stateDirectory, sharedDirectory: context.sharedDirectory,
             accelerator: accel, overlay: overlay, network: context.network)
+        commandLine.memory = memory
+        commandLine.incoming = incoming
+        state.withLock { s in
+            s.accelerator = accel
+            s.memory = memory
+        }
         let (hostEnd, qemuEnd) = try UnixSocket.pair()
         defer { close(qemuEnd) }
         let granted = UnixSocket.growSendBuffer(qemuEnd, to: Self.shellSendBuffer)
@@ -185,7 +207,10 @@ final class QEMUBackend: Backend {
             } catch {
                 throw VouchError(.other, "cannot forward 127.0.0.1:\(hostPort): \(error)", machine: context.name)
             }
-            state.withLock { $0.forwarders.append(forwarder) }
+            state.withLock {
+                $0.forwarders.append(forwarder)
+                $0.forwards.append((hostPort, guestPort))
+            }
             return
         }
         let reply = try await qmp().execute(
@@ -194,6 +219,7 @@ final class QEMUBackend: Backend {
             throw VouchError(.other, "QEMU refused the port forward \(hostPort) -> \(guestPort): \(text.trimmingTrailingNewlines())",
                              machine: context.name)
         }
+        state.withLock { $0.forwards.append((hostPort, guestPort)) }
     }
 
     func setLinks(up: Bool) async throws {
@@ -201,6 +227,7 @@ final class QEMUBackend: Backend {
         for attachment in context.network?.attachments ?? [] {
             try await qmp.execute("set_link", ["name": .string(attachment.nic.netdev), "up": .bool(up)])
         }
+        state.withLock { $0.linksDown = !up }
     }
 
     func crash() async throws {
@@ -222,17 +249,30 @@ final class QEMUBackend: Backend {
     }
 
     func stop(keepState: Bool) async {
+        state.withLock { $0.stopped = true }
+        await endProcess()
+        if !keepState { try? FileManager.default.removeItem(atPath: context.stateDirectory) }
+    }
+
+    /// Ends the QEMU process and its sockets and pumps, keeping the state
+    /// directory, so the backend can launch again (a snapshot restore).
+    /// `discard`: the guest's state is thrown away, so QEMU is killed at once
+    /// instead of asked to quit.
+    func endProcess(discard: Bool = false) async {
         let (process, qmp, reader, writeFD, pumps, forwarders) = state.withLock { s in
             defer {
-                s.stopped = true
                 s.shellWriteFD = -1
                 s.forwarders.removeAll()
+                s.qmp = nil
+                s.shellReader = nil
             }
             return (s.process, s.qmp, s.shellReader, s.shellWriteFD, s.pumps, s.forwarders)
         }
         for forwarder in forwarders { await forwarder.stop() }
         if let process, process.exitStatus == nil {
-            if let qmp {
+            if discard {
+                process.signal(SIGKILL)
+            } else if let qmp {
                 _ = try? await withDeadline(seconds: 1) { try await qmp.execute("quit") }
                 _ = try? await withDeadline(seconds: 1) { try await process.waitForExit() }
             }
@@ -242,7 +282,6 @@ final class QEMUBackend: Backend {
         reader?.shutdownSocket()
         if writeFD >= 0 { close(writeFD) }
         for pump in pumps { _ = try? await withDeadline(seconds: 1) { await pump.value } }
-        if !keepState { try? FileManager.default.removeItem(atPath: context.stateDirectory) }
     }
 }
 

@@ -44,6 +44,10 @@ struct QEMUCommandLine {
     let overlay: String?
     /// Network cards to add, or nil.
     var network: MachineNetwork? = nil
+    /// Where guest RAM lives (direct boot only; see `QEMUSnapshot.swift`).
+    var memory: GuestMemory? = nil
+    /// Start paused, waiting for `migrate-incoming` (a snapshot restore).
+    var incoming = false
 
     var qmpSocket: String { stateDirectory + "/qmp" }
 
@@ -97,7 +101,7 @@ struct QEMUCommandLine {
             let mmio = config.board == .microvm
             var args = [
                 "-name", hostname,
-                "-M", mmio ? "microvm,x-option-roms=off,rtc=on" : "pc",
+                "-M", (mmio ? "microvm,x-option-roms=off,rtc=on" : "pc") + (memory == nil ? "" : ",memory-backend=ram"),
                 "-accel", accelerator.rawValue,
                 "-cpu", accelerator == .kvm ? "host" : "max",
                 "-m", "\(config.memoryMiB)",
@@ -106,6 +110,8 @@ struct QEMUCommandLine {
                 "-kernel", kernel,
             ]
             if let initrd { args += ["-initrd", initrd] }
+            if let memory { args += ["-object", memory.objectArgument(sizeMiB: config.memoryMiB)] }
+            if incoming { args += ["-incoming", "defer", "-S"] }
             var append = cmdline
             append += " \(hostnameParameter)=\(hostname) panic=-1"
             if let params = network?.kernelParameters, !params.isEmpty { append += " " + params }

@@ -80,6 +80,8 @@ extension BridgeServer {
         case "forward_port":
             return .number(Double(try await m.forwardPort(host: a.int("host_port"), guest: a.int("guest_port") ?? 80)))
         case "send_key": try await m.sendKey(try need("key"))
+        case "snapshot_create": try await m.snapshot(try need("name"))
+        case "snapshot_restore": try await m.restore(try need("name"))
         case "shell_interact": return .string(try await startInteraction(m))
         case "shell_interact_done":
             try await takeInteraction(for: m.name)?.value
@@ -101,6 +103,8 @@ extension BridgeServer {
                 "globalTimeout": .number(driver.options.globalTimeout ?? driver.spec.globalTimeout),
             ]
         case "start_all": try await driver.startAll()
+        case "snapshot_all": try await driver.snapshotAll(try a.required("name", for: request.call))
+        case "restore_all": try await driver.restoreAll(try a.required("name", for: request.call))
         case "serial_stdout": driver.log.showSerialOnTerminal(a.bool("on") ?? true)
         case "log":
             let message = a.string("message") ?? ""
