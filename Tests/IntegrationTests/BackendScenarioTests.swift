@@ -115,7 +115,8 @@ struct BackendScenarioTests {
     }
 
     /// sshd inside a Vouch-booted systemd VM, reached through forwardPort;
-    /// power control allowed, so the scenario's shutdown powers the VM off.
+    /// power control allowed, so the scenario reboots the VM over ssh and
+    /// its shutdown powers the VM off.
     @Test func scenarioOnSSHIntoAVouchGuest() async throws {
         let keyDir = NSTemporaryDirectory() + "vouch-sshkey-\(getpid())"
         try FileManager.default.createDirectory(atPath: keyDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
@@ -138,7 +139,10 @@ struct BackendScenarioTests {
             try await vm.succeed("mkdir -p -m 700 /root/.ssh && echo \(shellQuote(publicKey)) > /root/.ssh/authorized_keys")
             try await vm.waitForUnit("ssh.service")
             try await vm.forwardPort(host: port, guest: 22)
-            try await machineScenario(try d.machine("remote"), ScenarioTraits())
+            // Let the VM reset instead of exit, so the ssh machine's reboot()
+            // comes back (the forwarded port survives: same QEMU process).
+            try await vm.backend?.allowReboot(true)
+            try await machineScenario(try d.machine("remote"), ScenarioTraits(reboot: true))
             // The ssh machine's shutdown powered the VM off.
             try await retry(timeout: 60) { guard !(await vm.isUp()) else { throw VouchError(.other, "vm still up") } }
         }

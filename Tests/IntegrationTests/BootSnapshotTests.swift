@@ -35,13 +35,15 @@ final class BootSnapshotTests {
         return try await runCLI(["run", spec, "--snapshot-after-boot", "-o", dir.appendingPathComponent("out").path], environment: env)
     }
 
-    /// The cache entry of machine `name`.
-    func entry(_ name: String) throws -> String {
+    /// The cache entry of machine `name` with `memory` MiB (after the stale
+    /// run, machine `a` has one entry per memory size).
+    func entry(_ name: String, memory: Int = 512) throws -> String {
         for e in try FileManager.default.contentsOfDirectory(atPath: cache.path) where !e.hasPrefix(".") {
             let data = try Data(contentsOf: cache.appendingPathComponent(e + "/manifest.json"))
-            if try JSONDecoder().decode(SnapshotCache.Manifest.self, from: data).machine == name { return cache.path + "/" + e }
+            let manifest = try JSONDecoder().decode(SnapshotCache.Manifest.self, from: data)
+            if manifest.machine == name, manifest.key.contains("arg \(memory)") { return cache.path + "/" + e }
         }
-        throw VouchError(.other, "no cache entry for \(name)")
+        throw VouchError(.other, "no cache entry for \(name) with \(memory) MiB")
     }
 
     @Test func secondRunRestoresInsteadOfBootingAndBadSnapshotsFallBackToColdBoot() async throws {
