@@ -123,6 +123,18 @@ with subtest("helpers: retry, polling_condition, log, nested subtests"):
     with subtest("an inner subtest"):
         client.succeed("true")
 
+with subtest("QEMU monitor and keys"):
+    t.assertIn("VM status: running", client.send_monitor_command("info status"))
+    client.send_key("shift")
+    t.assertEqual(client.execute("true", check_output=False), (-2, ""))
+    t.assertEqual(client.succeed("echo in sync"), "in sync\n")
+
+with subtest("systemctl for a user"):
+    web_server.succeed("useradd -m bob && loginctl enable-linger bob")
+    web_server.wait_for_unit("default.target", user="bob", timeout=120)
+    status, out = web_server.systemctl("is-active default.target", user="bob")
+    t.assertEqual((status, out), (0, "active\n"))
+
 with subtest("unsupported methods say so"):
     try:
         web_server.screenshot("screen")

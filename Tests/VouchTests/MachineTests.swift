@@ -238,6 +238,14 @@ import Testing
         }
     }
 
+    @Test func monitorCommandsNeedQEMU() async throws {
+        try await withFakeMachine { fake in
+            let error = await expectVouchError(.unsupported) { try await fake.machine.sendMonitorCommand("info status") }
+            #expect(error?.message.contains("has no QEMU monitor") == true)
+            #expect(error?.machine == fake.machine.name && error?.command == "info status")
+        }
+    }
+
     @Test func bootTimeoutNamesTheMachine() async throws {
         try await withFakeMachine(name: "sluggish", bootTimeout: 0.5, options: .init(bootDelay: 5)) { fake in
             let error = await expectVouchError(.bootFailed) { try await fake.machine.succeed("true") }

@@ -11,7 +11,7 @@ from .bridge import NotSupportedByVouch, bridge
 # NotSupportedByVouch naming it, instead of an AttributeError.
 UNSUPPORTED = [
     "screenshot", "get_screen_text", "get_screen_text_variants", "wait_for_text",
-    "send_chars", "send_console", "send_monitor_command", "wait_for_qmp_event",
+    "send_chars", "send_console", "wait_for_qmp_event",
     "get_tty_text", "wait_until_tty_matches", "dump_tty_contents", "wait_for_x",
     "get_window_names", "wait_for_window", "console_interact", "switch_root",
 ]
@@ -184,6 +184,9 @@ class Machine:
 
     def send_key(self, key, delay=0.01, log=True):
         self._call("send_key", key=key)
+
+    def send_monitor_command(self, command):
+        return self._call("send_monitor_command", command=command)
 
     def snapshot_create(self, name):
         self._call("snapshot_create", name=str(name))

@@ -37,6 +37,11 @@ protocol Backend: AnyObject, Sendable {
     /// - Throws: a control-channel error; the process is gone either way.
     func crash() async throws
 
+    /// Runs a QEMU human-monitor command (e.g. `info status`) and returns
+    /// what the monitor printed.
+    /// - Throws: `VouchError.unsupported` for backends without a QEMU monitor.
+    func monitorCommand(_ command: String) async throws -> String
+
     /// Sends a key combination, e.g. `["ctrl", "alt", "delete"]`.
     /// - Throws: `VouchError.unsupported` where there is no keyboard.
     func sendKeys(_ keys: [String]) async throws

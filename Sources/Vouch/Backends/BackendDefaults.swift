@@ -16,4 +16,9 @@ extension Backend {
 
     /// The share is live for VMs and containers: nothing to copy.
     func pullShared(_ item: String) async throws {}
+
+    /// Only QEMU has a monitor.
+    func monitorCommand(_ command: String) async throws -> String {
+        throw VouchError(.unsupported, "the \(kind) backend has no QEMU monitor", command: command)
+    }
 }

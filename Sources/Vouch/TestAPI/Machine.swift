@@ -241,6 +241,23 @@ public actor Machine {
         return hostPort
     }
 
+    /// Runs a QEMU monitor (HMP) command, e.g. `info status` or `device_add …`,
+    /// and returns its output (nixpkgs' `send_monitor_command`).
+    /// - Throws: `VouchError.unsupported` for backends other than QEMU,
+    ///   `.qmpError` if QEMU rejects it.
+    @discardableResult
+    public func sendMonitorCommand(_ command: String) async throws -> String {
+        try await start()
+        guard let backend else { throw VouchError(.machineDown, "not started", machine: name) }
+        log.log("monitor: \(command)", machine: name)
+        do {
+            return try await backend.monitorCommand(command)
+        } catch var error as VouchError {
+            error.machine = name
+            throw error
+        }
+    }
+
     /// Sends a key combination to the guest, e.g. `sendKey("ctrl-alt-delete")`.
     /// - Throws: `VouchError.unsupported` where the backend has no keyboard.
     public func sendKey(_ combination: String) async throws {

@@ -241,6 +241,10 @@ final class QEMUBackend: Backend {
         try await qmp().execute("send-key", ["keys": .array(list)])
     }
 
+    func monitorCommand(_ command: String) async throws -> String {
+        try await qmp().execute("human-monitor-command", ["command-line": .string(command)]).stringValue ?? ""
+    }
+
     func qmp() throws -> QMPClient {
         guard let qmp = state.withLock({ $0.qmp }) else {
             throw VouchError(.machineDown, "QEMU is not running", machine: context.name)

@@ -80,6 +80,7 @@ extension BridgeServer {
         case "forward_port":
             return .number(Double(try await m.forwardPort(host: a.int("host_port"), guest: a.int("guest_port") ?? 80)))
         case "send_key": try await m.sendKey(try need("key"))
+        case "send_monitor_command": return .string(try await m.sendMonitorCommand(try need("command")))
         case "snapshot_create": try await m.snapshot(try need("name"))
         case "snapshot_restore": try await m.restore(try need("name"))
         case "shell_interact": return .string(try await startInteraction(m))
