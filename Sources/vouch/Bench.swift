@@ -51,11 +51,7 @@ struct Bench: AsyncParsableCommand {
             var machine = MachineSpec(name: "bench")
             machine.image = image
             let spec = TestSpec(name: "bench-\(image)", globalTimeout: 1800, machines: [machine])
-            var options = RunOptions(outputDirectory: URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vouch-bench-\(getpid())"))
-            options.quiet = true
-            if let accel { options.accelerator = Accelerator.Choice(rawValue: accel) }
-            let driver: Driver
-            do { driver = try Driver(spec: spec, options: options) } catch let error as VouchError { fail(error) }
+            let driver = benchDriver(spec)
             let calls = self.calls
             let result = Results()
             writeStderr("bench: \(image): booting…\n")
@@ -80,7 +76,7 @@ struct Bench: AsyncParsableCommand {
                 try await m.shutdown()
             }
             accelerator = Accelerator.lastResolved?.rawValue.uppercased() ?? "unknown"
-            try? FileManager.default.removeItem(at: options.outputDirectory)
+            try? FileManager.default.removeItem(at: driver.options.outputDirectory)
             guard outcome == .passed else {
                 writeStderr("bench: \(image) failed: \(outcome)\n")
                 throw ExitCode(1)
@@ -107,11 +103,7 @@ struct Bench: AsyncParsableCommand {
                 m.memoryMiB = 256
                 return m
             }
-            var options = RunOptions(outputDirectory: URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vouch-bench-\(getpid())"))
-            options.quiet = true
-            if let accel { options.accelerator = Accelerator.Choice(rawValue: accel) }
-            let driver: Driver
-            do { driver = try Driver(spec: TestSpec(name: "bench-net", machines: machines), options: options) } catch let error as VouchError { fail(error) }
+            let driver = benchDriver(TestSpec(name: "bench-net", machines: machines))
             let result = Results()
             writeStderr("bench: startAll of \(count) minimal machine(s)…\n")
             let outcome = await driver.run { d in
@@ -125,7 +117,7 @@ struct Bench: AsyncParsableCommand {
                     if numbers.count >= 2 { result.vouch = [numbers[1] / 1000] }
                 }
             }
-            try? FileManager.default.removeItem(at: options.outputDirectory)
+            try? FileManager.default.removeItem(at: driver.options.outputDirectory)
             guard outcome == .passed else {
                 writeStderr("bench: startAll of \(count) failed: \(outcome)\n")
                 throw ExitCode(1)
@@ -133,6 +125,16 @@ struct Bench: AsyncParsableCommand {
             rows.append(["\(count)", String(format: "%.2f s", result.boot), result.vouch.first.map(ms) ?? "-"])
         }
         print(table([["machines", "startAll", "ping avg (m1→m2, 20 pings)"]] + rows))
+    }
+
+    /// A quiet driver for one measurement, writing into `outputDirectory`
+    /// (a per-process temporary directory by default); exits on a bad spec.
+    func benchDriver(_ spec: TestSpec, outputDirectory: URL? = nil) -> Driver {
+        let out = outputDirectory ?? URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vouch-bench-\(getpid())")
+        var options = RunOptions(outputDirectory: out)
+        options.quiet = true
+        if let accel { options.accelerator = Accelerator.Choice(rawValue: accel) }
+        do { return try Driver(spec: spec, options: options) } catch let error as VouchError { fail(error) } catch { fail(VouchError(.other, "\(error)")) }
     }
 
     final class Results: @unchecked Sendable {

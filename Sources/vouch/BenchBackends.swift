@@ -54,11 +54,7 @@ extension Bench {
             throw ExitCode(2)
         }
         machines.append(bench)
-        var options = RunOptions(outputDirectory: out)
-        options.quiet = true
-        if let accel { options.accelerator = Accelerator.Choice(rawValue: accel) }
-        let driver: Driver
-        do { driver = try Driver(spec: TestSpec(name: "bench-\(backend)", globalTimeout: 1800, machines: machines), options: options) } catch let error as VouchError { fail(error) }
+        let driver = benchDriver(TestSpec(name: "bench-\(backend)", globalTimeout: 1800, machines: machines), outputDirectory: out)
         let result = Results()
         let calls = self.calls
         let publicKey = backend == "ssh" ? try String(contentsOfFile: key + ".pub", encoding: .utf8) : ""

@@ -24,11 +24,7 @@ extension Bench {
 
         var machine = MachineSpec(name: "machine")
         machine.image = "minimal"
-        var options = RunOptions(outputDirectory: work.appendingPathComponent("out"))
-        options.quiet = true
-        if let accel { options.accelerator = Accelerator.Choice(rawValue: accel) }
-        let driver: Driver
-        do { driver = try Driver(spec: TestSpec(name: "bench-scripts", machines: [machine]), options: options) } catch let error as VouchError { fail(error) }
+        let driver = benchDriver(TestSpec(name: "bench-scripts", machines: [machine]), outputDirectory: work.appendingPathComponent("out"))
         let samples = work.appendingPathComponent("python.json")
         let python = work.appendingPathComponent("bench.py")
         try """

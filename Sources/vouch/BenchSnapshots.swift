@@ -13,11 +13,7 @@ extension Bench {
                 machine.image = image
                 machine.memoryMiB = size
                 let spec = TestSpec(name: "bench-snap-\(image)", globalTimeout: 1800, machines: [machine])
-                var options = RunOptions(outputDirectory: URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vouch-bench-\(getpid())"))
-                options.quiet = true
-                if let accel { options.accelerator = Accelerator.Choice(rawValue: accel) }
-                let driver: Driver
-                do { driver = try Driver(spec: spec, options: options) } catch let error as VouchError { fail(error) }
+                let driver = benchDriver(spec)
                 let restores = self.restores
                 let result = SnapshotResults()
                 writeStderr("bench: \(image) (\(size) MiB): cold boot…\n")
@@ -44,7 +40,7 @@ extension Bench {
                         try await m.fail("test -e /tmp/dirty")
                     }
                 }
-                try? FileManager.default.removeItem(at: options.outputDirectory)
+                try? FileManager.default.removeItem(at: driver.options.outputDirectory)
                 guard outcome == .passed else {
                     writeStderr("bench: \(image) failed: \(outcome)\n")
                     throw ExitCode(1)

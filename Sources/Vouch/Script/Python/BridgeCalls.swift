@@ -124,7 +124,7 @@ extension BridgeServer {
     /// Listens on a private socket the interpreter connects to, and relays
     /// it to an interactive shell on `machine` until that shell exits.
     private func startInteraction(_ machine: Machine) async throws -> String {
-        let path = runDirectory + "/interact-\(machine.variableName).sock"
+        let path = driver.runDirectory + "/interact-\(machine.variableName).sock"
         unlink(path)
         let listener = try UnixSocket.listen(path: path)
         driver.log.log("interactive shell starting (Ctrl-D or exit returns)", machine: machine.name)

@@ -13,7 +13,6 @@ import Synchronization
 final class BridgeServer: Sendable {
     let driver: Driver
     let script: URL?
-    let runDirectory: String
     private let writeFD: Int32
     private let reader: FDReader
     private let state = Mutex(State())
@@ -32,10 +31,9 @@ final class BridgeServer: Sendable {
         var location: SourceLocation?
     }
 
-    init(driver: Driver, socket: Int32, script: URL?, runDirectory: String) {
+    init(driver: Driver, socket: Int32, script: URL?) {
         self.driver = driver
         self.script = script
-        self.runDirectory = runDirectory
         self.writeFD = dup(socket)
         self.reader = FDReader(fd: socket, name: "python-bridge")
     }

@@ -48,7 +48,7 @@ public struct PythonScript: Sendable {
             throw error
         }
         close(theirs)
-        let server = BridgeServer(driver: driver, socket: ours, script: path, runDirectory: driver.runDirectory)
+        let server = BridgeServer(driver: driver, socket: ours, script: path)
         if interactive {
             // The prompt owns the terminal: no status line, and guest consoles
             // only in the log file until serial_stdout_on().
