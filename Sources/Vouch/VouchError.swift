@@ -36,17 +36,22 @@ public struct VouchError: Error, CustomStringConvertible, Sendable {
         case other
     }
 
+    /// What kind of failure this is.
     public var kind: Kind
     /// The message, one line, without the context below.
     public var message: String
+    /// The machine it happened on, if any.
     public var machine: String?
+    /// The guest command that failed, if any.
     public var command: String?
+    /// The command's exit status, if it ran to the end.
     public var status: Int32?
     /// The last lines of the command's output or the console.
     public var outputTail: String?
     /// Where in the test script the failing call was made.
     public var location: SourceLocation?
 
+    /// Creates an error; everything but `kind` and `message` is optional context.
     public init(
         _ kind: Kind, _ message: String, machine: String? = nil, command: String? = nil,
         status: Int32? = nil, outputTail: String? = nil, location: SourceLocation? = nil
@@ -60,6 +65,7 @@ public struct VouchError: Error, CustomStringConvertible, Sendable {
         self.location = location
     }
 
+    /// The message with its location, machine, command, status and output tail, one per line.
     public var description: String {
         var text = ""
         if let location { text += "\(location): " }
@@ -88,14 +94,18 @@ public struct VouchError: Error, CustomStringConvertible, Sendable {
 
 /// A file and line in a test script.
 public struct SourceLocation: Sendable, CustomStringConvertible {
+    /// The script file (or Swift source file) of the call.
     public var file: String
+    /// The line of the call in `file`.
     public var line: Int
 
+    /// A location in a test script.
     public init(file: String, line: Int) {
         self.file = file
         self.line = line
     }
 
+    /// `file:line`, as compilers print it.
     public var description: String { "\(file):\(line)" }
 }
 

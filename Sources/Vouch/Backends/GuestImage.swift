@@ -4,13 +4,19 @@ import Foundation
 /// A guest image built by `images/build.sh`: a directory with `image.json`
 /// naming its kernel, initrd, optional root disk and kernel command line.
 public struct GuestImage: Sendable {
+    /// The image name (`minimal`, `systemd`, or a directory's name).
     public var name: String
+    /// The directory holding the image files.
     public var directory: URL
+    /// The kernel to boot directly.
     public var kernel: URL
+    /// Its initrd, if any.
     public var initrd: URL?
+    /// The root disk, if any (used copy-on-write).
     public var rootDisk: URL?
     /// The root filesystem unpacked, for containers (systemd-nspawn).
     public var rootDirectory: URL?
+    /// The kernel command line the image needs.
     public var cmdline: String
     /// The systemd unit that means "booted" for this image, if it runs systemd.
     public var readyUnit: String?

@@ -4,9 +4,13 @@
 public struct NetworkPlan: Sendable, Equatable {
     /// One network card of one machine.
     public struct NIC: Sendable, Equatable {
+        /// The VLAN this card is on.
         public var vlan: Int
+        /// Its MAC address, `52:54:00:12:VV:NN` as in nixpkgs.
         public var mac: String
+        /// Its IPv4 address, `192.168.V.N`.
         public var ipv4: String
+        /// Its IPv6 address, `2001:db8:V::N`.
         public var ipv6: String
         /// The QEMU netdev id (`vlanN`), also the link name for `set_link`.
         public var netdev: String { "vlan\(vlan)" }
@@ -14,11 +18,15 @@ public struct NetworkPlan: Sendable, Equatable {
 
     /// A machine's place in the network.
     public struct Node: Sendable, Equatable {
+        /// The node name.
         public var name: String
+        /// The node number (1…, alphabetical).
         public var number: Int
+        /// One card per VLAN the node is on.
         public var nics: [NIC]
     }
 
+    /// Every node, in number order.
     public var nodes: [Node]
 
     /// Every VLAN used by some machine, ascending.

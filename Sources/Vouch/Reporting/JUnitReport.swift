@@ -6,15 +6,19 @@ import Synchronization
 public final class JUnitReport: Sendable {
     /// One test case.
     public struct Case: Sendable {
+        /// The test case (subtest) name.
         public var name: String
+        /// How long it took.
         public var seconds: Double
         /// The failure message and output tail, or nil if it passed.
         public var failure: String?
     }
 
     private let cases = Mutex<[Case]>([])
+    /// The test suite name (the test's name).
     public let suiteName: String
 
+    /// An empty report for the suite.
     public init(suiteName: String) {
         self.suiteName = suiteName
     }

@@ -12,8 +12,10 @@ import Glibc
 public struct ScriptCompiler: Sendable {
     /// Where compiled scripts are cached.
     public var cacheDirectory: URL
+    /// The compiler (`$VOUCH_SWIFTC`, else `swiftc` from PATH).
     public var swiftc: String
 
+    /// A compiler caching in `cacheDirectory` (default `$XDG_CACHE_HOME` or `~/.cache`, `vouch/scripts`).
     public init(cacheDirectory: URL? = nil) {
         let env = ProcessInfo.processInfo.environment
         let base = env["XDG_CACHE_HOME"].map { URL(fileURLWithPath: $0) }

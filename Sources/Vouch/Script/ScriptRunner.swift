@@ -6,18 +6,27 @@ import Glibc
 /// What to run: passed from `vouch run` to a compiled test script in the
 /// environment variable `VOUCH_RUN_REQUEST` (JSON).
 public struct RunRequest: Codable, Sendable {
+    /// The spec file, or nil with `configPath`.
     public var specPath: String?
+    /// A nixpkgs driver configuration instead of a spec.
     public var configPath: String?
+    /// Where the log, JUnit report and copied files go.
     public var outputDirectory: String = "vouch-out"
+    /// An extra path for the JUnit XML report.
     public var junitXML: String?
+    /// Keep the machines' state directories (`-K`).
     public var keepState = false
+    /// Overrides the spec's global timeout (seconds).
     public var globalTimeout: Double?
+    /// `auto`, `kvm` or `tcg`, overriding the spec.
     public var accelerator: String?
     /// See `RunOptions.snapshotAfterBoot`.
     public var snapshotAfterBoot = false
 
+    /// The environment variable the request travels in.
     public static let environmentKey = "VOUCH_RUN_REQUEST"
 
+    /// A request with the defaults; set a spec or config path.
     public init() {}
 
     /// Loads the spec (or nixpkgs config) the request names.

@@ -3,9 +3,11 @@ import Foundation
 /// nixpkgs' driver configuration (`--config FILE`): `vms` with start
 /// scripts, `vlans`, `global_timeout` and the Python `test_script`.
 public struct NixpkgsConfig: Sendable {
+    /// The machines and global timeout, as a Vouch spec.
     public var spec: TestSpec
     /// The Python test script, if the file carries one.
     public var testScript: String?
+    /// The VLAN numbers the configuration lists.
     public var vlans: [Int]
 
     /// Reads a driverConfiguration JSON file.

@@ -9,6 +9,7 @@ import Foundation
 /// ```
 /// Unknown keys are errors, so a typo is reported rather than ignored.
 public struct TestSpec: Sendable {
+    /// The test's name (JUnit suite, log); defaults to the spec file's name.
     public var name: String
     /// Seconds before the whole test is stopped (exit status 143).
     public var globalTimeout: Double
@@ -25,6 +26,7 @@ public struct TestSpec: Sendable {
         case vde, tap
     }
 
+    /// A spec with these machines; `globalTimeout` in seconds.
     public init(name: String, globalTimeout: Double = 3600, machines: [MachineSpec]) {
         self.name = name
         self.globalTimeout = globalTimeout
@@ -86,21 +88,31 @@ public struct TestSpec: Sendable {
 
 /// One machine of a spec.
 public struct MachineSpec: Sendable {
+    /// The node name (a script variable after mangling).
     public var name: String
     /// "qemu", "nspawn" or "ssh".
     public var backend: String = "qemu"
     /// A built-in image name or an image directory.
     public var image: String?
+    /// A kernel to boot directly instead of an image.
     public var kernel: String?
+    /// The initrd for `kernel`.
     public var initrd: String?
+    /// A root disk for `kernel`, used copy-on-write.
     public var disk: String?
+    /// The kernel command line (added to an image's own).
     public var cmdline: String?
     /// A nixpkgs `run-NAME-vm` start script.
     public var startScript: String?
+    /// Guest memory in MiB.
     public var memoryMiB: Int = 512
+    /// Virtual CPUs.
     public var cpus: Int = 1
+    /// Extra QEMU arguments.
     public var qemuArgs: [String] = []
+    /// The QEMU machine type, or nil for the default.
     public var board: QEMUConfig.Board?
+    /// KVM, TCG, or probe (`auto`).
     public var accelerator: Accelerator.Choice = .auto
     /// Seconds from start until the backdoor shell must answer.
     public var bootTimeout: Double = 300
@@ -111,6 +123,7 @@ public struct MachineSpec: Sendable {
     /// Settings of the ssh backend (set when `backend` is "ssh").
     public var ssh: SSHSettings?
 
+    /// A machine with the defaults (QEMU, minimal image, VLAN 1).
     public init(name: String) {
         self.name = name
     }

@@ -8,6 +8,7 @@ public enum ExitStatus: Sendable, Equatable, CustomStringConvertible {
     case exited(Int32)
     case signaled(Int32)
 
+    /// "exit status N" or "killed by signal N".
     public var description: String {
         switch self {
         case .exited(let code): "exit status \(code)"

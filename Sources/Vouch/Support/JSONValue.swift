@@ -39,9 +39,13 @@ public enum JSONValue: Sendable, Equatable, Codable, CustomStringConvertible {
         return nil
     }
 
+    /// The string, if this is one.
     public var stringValue: String? { if case .string(let s) = self { s } else { nil } }
+    /// The number, if this is a whole one.
     public var intValue: Int? { if case .number(let n) = self { Int(exactly: n) } else { nil } }
+    /// The boolean, if this is one.
     public var boolValue: Bool? { if case .bool(let b) = self { b } else { nil } }
+    /// The elements, if this is an array.
     public var arrayValue: [JSONValue]? { if case .array(let a) = self { a } else { nil } }
 
     /// Compact JSON text.
@@ -61,11 +65,16 @@ public enum JSONValue: Sendable, Equatable, Codable, CustomStringConvertible {
 extension JSONValue: ExpressibleByStringLiteral, ExpressibleByBooleanLiteral, ExpressibleByIntegerLiteral,
     ExpressibleByDictionaryLiteral, ExpressibleByArrayLiteral
 {
+    /// A JSON string.
     public init(stringLiteral value: String) { self = .string(value) }
+    /// A JSON boolean.
     public init(booleanLiteral value: Bool) { self = .bool(value) }
+    /// A JSON number.
     public init(integerLiteral value: Int) { self = .number(Double(value)) }
+    /// A JSON object.
     public init(dictionaryLiteral elements: (String, JSONValue)...) {
         self = .object(Dictionary(elements, uniquingKeysWith: { $1 }))
     }
+    /// A JSON array.
     public init(arrayLiteral elements: JSONValue...) { self = .array(elements) }
 }

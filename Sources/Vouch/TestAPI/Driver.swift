@@ -6,6 +6,7 @@ import Synchronization
 public struct RunOptions: Sendable {
     /// Where the log, JUnit file, screenshots and copied files go.
     public var outputDirectory: URL
+    /// Where to write the JUnit XML report as well (it always goes to the output directory).
     public var junitXML: URL?
     /// Keep machine state directories (`-K`).
     public var keepState = false
@@ -24,6 +25,7 @@ public struct RunOptions: Sendable {
     /// Where boot snapshots are cached (default `SnapshotCache.defaultRoot`).
     public var snapshotCacheDirectory: String?
 
+    /// Options with defaults for everything but the output directory.
     public init(outputDirectory: URL) {
         self.outputDirectory = outputDirectory
     }
@@ -55,9 +57,13 @@ public enum RunOutcome: Sendable, Equatable {
 public final class Driver: Sendable {
     @TaskLocal public static var current: Driver?
 
+    /// The test being run.
     public let spec: TestSpec
+    /// How it is being run.
     public let options: RunOptions
+    /// The test log (terminal and `vouch.log`).
     public let log: TestLog
+    /// The JUnit report the subtests are recorded in.
     public let junit: JUnitReport
     /// The machines, in name order.
     public let machines: [Machine]

@@ -18,17 +18,24 @@ public struct QEMUConfig: Sendable {
         case pc
     }
 
+    /// What to boot.
     public var boot: Boot
+    /// The QEMU machine type.
     public var board: Board = .microvm
+    /// Guest memory in MiB.
     public var memoryMiB = 512
+    /// Virtual CPUs.
     public var cpus = 1
     /// Extra arguments appended to QEMU's command line.
     public var extraArgs: [String] = []
     /// Extra kernel parameters (direct boot only).
     public var extraCmdline: String = ""
+    /// KVM, TCG, or probe (`auto`).
     public var accelerator: Accelerator.Choice = .auto
+    /// The QEMU executable.
     public var qemuBinary = "qemu-system-x86_64"
 
+    /// A configuration with the defaults for `boot`.
     public init(boot: Boot) {
         self.boot = boot
     }

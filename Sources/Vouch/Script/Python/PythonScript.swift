@@ -15,6 +15,7 @@ public struct PythonScript: Sendable {
     /// Opens an interactive prompt (`vouch repl`) instead of running the script.
     public var interactive: Bool
 
+    /// A script to run, or with `interactive` a session (the script then runs on `test_script()`).
     public init(path: URL?, interactive: Bool = false) {
         self.path = path
         self.interactive = interactive
