@@ -47,6 +47,9 @@ import Testing
             .contains("only one of image") == true)
         #expect(invalidMessage(#"{ "machines": { "c": { "backend": "nspawn", "startScript": "/s", "nspawnArgs": ["-q"], "vlans": [] } } }"#)?
             .contains("runs systemd-nspawn itself") == true)
+        #expect(try parse(#"{ "machines": { "c": { "backend": "nspawn", "startScript": "/s" } } }"#).machines[0].vlans == [])
+        #expect(invalidMessage(#"{ "network": "tap", "machines": { "c": { "backend": "nspawn", "startScript": "/s", "vlans": [1] } } }"#)?
+            .contains("sets up its own network") == true)
     }
 
     @Test func sshMachineSettings() throws {

@@ -80,6 +80,13 @@ extension MachineSpec {
                 throw TestSpec.invalid("\(path).nspawnArgs: a start script runs systemd-nspawn itself")
             }
             if n.rootDirectory == nil, startScript == nil, image == nil { image = "systemd" }
+            if startScript != nil {
+                // The script wires the container's network itself (nixpkgs' contract).
+                if o.value("vlans") != nil, !vlans.isEmpty {
+                    throw TestSpec.invalid("\(path).vlans: a start script sets up its own network; use \"vlans\": []")
+                }
+                vlans = []
+            }
             nspawn = n
         case "ssh":
             guard let host = try o.string("host"), !host.isEmpty else {

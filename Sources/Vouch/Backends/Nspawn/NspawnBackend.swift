@@ -142,6 +142,7 @@ final class NspawnBackend: Backend {
         let process = try enter.map { try ChildProcess("nsenter", $0 + wrapped, environment: env, pipes: [.stdin, .stdout, .stderr]) }
             ?? ChildProcess(wrapped[0], Array(wrapped.dropFirst()), environment: env, pipes: [.stdin, .stdout, .stderr])
         let console = context.console, watcher = self.watcher
+        watcher.reset()
         let pumps = [
             Task {
                 while let chunk = try? await process.stdout!.queue.next() {

@@ -60,6 +60,11 @@ final class StartScriptWatcher: Sendable {
     /// Whether a readiness line has been seen.
     var ready: Bool { state.withLock { $0.ready } }
 
+    /// Forgets what an earlier run of the script printed (before a restart).
+    func reset() {
+        state.withLock { $0 = State() }
+    }
+
     /// Takes the next chunk of stdout; only whole lines are examined.
     func feed(_ bytes: [UInt8]) {
         state.withLock { s in
