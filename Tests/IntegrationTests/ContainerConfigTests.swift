@@ -12,7 +12,11 @@ struct ContainerConfigTests {
     /// with "Welcome to NixOS" and execs systemd. `--console=read-only`
     /// (nspawn's default when stdin is a pipe): `passive` delivers the
     /// console only when nspawn ends, so no readiness line would arrive.
-    static func writeStandIn(_ name: String, in dir: URL) throws -> String {
+    ///
+    /// `network` runs before nspawn and gives its network option (default:
+    /// none); a nixpkgs script wires its veths to the VLAN bridges there.
+    static func writeStandIn(_ name: String, in dir: URL,
+                             network: (setup: String, option: String) = ("", "--private-network")) throws -> String {
         let image = try GuestImage.resolve("systemd")
         let root = try #require(image.rootDirectory).path
         let stage2 = dir.appendingPathComponent("stage-2-init")
@@ -26,8 +30,9 @@ struct ContainerConfigTests {
             set -e
             [ -n "$RUN_NSPAWN_ROOT_DIR" ] && [ -d "$RUN_NSPAWN_ROOT_DIR" ] || { echo "RUN_NSPAWN_ROOT_DIR is not a directory" >&2; exit 9; }
             [ -n "$RUN_NSPAWN_SHARED_DIR" ] && [ -d "$RUN_NSPAWN_SHARED_DIR" ] || { echo "RUN_NSPAWN_SHARED_DIR is not a directory" >&2; exit 9; }
+            \(network.setup)
             echo "systemd-nspawn's PID is $$"
-            exec systemd-nspawn --quiet --register=no --keep-unit --volatile=overlay --console=read-only --private-network \\
+            exec systemd-nspawn --quiet --register=no --keep-unit --volatile=overlay --console=read-only \(network.option) \\
               --machine=\(name)-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ') --directory=\(root) \\
               --bind="$RUN_NSPAWN_SHARED_DIR":/tmp/shared --bind-ro=\(stage2.path):/vouch-stage-2 \\
               /vouch-stage-2 systemd.hostname=\(name)
@@ -128,6 +133,28 @@ struct ContainerConfigTests {
         #expect(status == 0, "\(output)")
         #expect(output.contains("ct: powered off") && output.contains("legacy: powered off"))
         Self.expectNothingLeft(in: dir, initsBefore: before)
+    }
+
+    /// On a TAP network the script runs in the test's network namespace, so
+    /// it can put its own veth on a VLAN's bridge, as nixpkgs' scripts do,
+    /// and the container reaches a VM there.
+    @Test func startScriptWiresItsOwnVLAN() async throws {
+        let (dir, _) = try Self.scratch("ct-vlan")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let setup = "ip link add vh-ct type veth peer name vc-ct && ip link set vh-ct master br1 up"
+        var ct = MachineSpec(name: "ct")
+        ct.backend = "nspawn"
+        ct.vlans = []
+        ct.bootTimeout = 60
+        ct.nspawn = NspawnSettings()
+        ct.startScript = try Self.writeStandIn("ct", in: dir, network: (setup, "--network-interface=vc-ct"))
+        let run = try await RealRun.run([guest("vm", image: "systemd"), ct], network: .tap) { d in
+            let vm = try d.machine("vm"), ct = try d.machine("ct")
+            try await d.startAll()
+            try await ct.succeed("ip addr add 192.168.1.77/24 dev vc-ct && ip link set vc-ct up")
+            try await vm.waitUntilSucceeds("ping -c 1 -W 2 192.168.1.77", timeout: 60)
+        }
+        #expect(run.outcome == .passed)
     }
 
     /// Each way a start script can break the contract gives a boot error

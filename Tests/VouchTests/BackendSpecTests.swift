@@ -121,6 +121,8 @@ import Testing
         #expect(watcher.ready)
         watcher.feed(Array("systemd-nspawn's PID is 9\n".utf8))
         #expect(watcher.nspawnPID == 7, "the first PID line counts")
+        watcher.reset()
+        #expect(watcher.nspawnPID == nil && !watcher.ready)
     }
 
     @Test func nspawnNetworkParametersDropTheForwardingCard() throws {

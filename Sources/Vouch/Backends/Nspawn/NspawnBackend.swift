@@ -135,6 +135,7 @@ final class NspawnBackend: Backend {
     /// is one, so the bridges of a TAP network are where it looks for them.
     private func spawnStartScript() throws -> ChildProcess {
         guard case .startScript(let script) = source else { preconditionFailure("not a start-script container") }
+        watcher.reset()
         let enter = context.network?.enterNamespace()
         let wrapped = NspawnCommandLine.wrapped([], networkNamespace: enter != nil, program: script)
         let env = NspawnStartScript.environment(base: ProcessInfo.processInfo.environment,
@@ -142,7 +143,6 @@ final class NspawnBackend: Backend {
         let process = try enter.map { try ChildProcess("nsenter", $0 + wrapped, environment: env, pipes: [.stdin, .stdout, .stderr]) }
             ?? ChildProcess(wrapped[0], Array(wrapped.dropFirst()), environment: env, pipes: [.stdin, .stdout, .stderr])
         let console = context.console, watcher = self.watcher
-        watcher.reset()
         let pumps = [
             Task {
                 while let chunk = try? await process.stdout!.queue.next() {

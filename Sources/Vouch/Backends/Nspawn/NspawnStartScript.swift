@@ -68,6 +68,8 @@ final class StartScriptWatcher: Sendable {
     /// Takes the next chunk of stdout; only whole lines are examined.
     func feed(_ bytes: [UInt8]) {
         state.withLock { s in
+            // Once booted, the rest of the console means nothing here.
+            guard !s.ready else { return }
             s.partial.append(contentsOf: bytes)
             while let newline = s.partial.firstIndex(of: 0x0A) {
                 let line = NspawnStartScript.clean(Substring(String(decoding: s.partial[..<newline], as: UTF8.self)))
