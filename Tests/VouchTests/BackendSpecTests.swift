@@ -37,7 +37,19 @@ import Testing
             .contains(#"machines.c: the nspawn backend needs "network": "tap""#) == true)
         #expect(try parse(#"{ "machines": { "c": { "backend": "nspawn", "vlans": [] } } }"#).machines[0].vlans == [])
         #expect(invalidMessage(#"{ "network": "tap", "machines": { "c": { "backend": "nspawn", "image": "systemd", "rootDirectory": "/x" } } }"#)?
-            .contains("only one of image or rootDirectory") == true)
+            .contains("only one of image, rootDirectory or startScript") == true)
+    }
+
+    @Test func nspawnMachineWithAStartScript() throws {
+        let m = try parse(#"{ "machines": { "c": { "backend": "nspawn", "startScript": "/s/run-c-nspawn", "vlans": [] } } }"#).machines[0]
+        #expect(m.startScript == "/s/run-c-nspawn" && m.image == nil)
+        #expect(invalidMessage(#"{ "machines": { "c": { "backend": "nspawn", "startScript": "/s", "image": "systemd", "vlans": [] } } }"#)?
+            .contains("only one of image") == true)
+        #expect(invalidMessage(#"{ "machines": { "c": { "backend": "nspawn", "startScript": "/s", "nspawnArgs": ["-q"], "vlans": [] } } }"#)?
+            .contains("runs systemd-nspawn itself") == true)
+        #expect(try parse(#"{ "machines": { "c": { "backend": "nspawn", "startScript": "/s" } } }"#).machines[0].vlans == [])
+        #expect(invalidMessage(#"{ "network": "tap", "machines": { "c": { "backend": "nspawn", "startScript": "/s", "vlans": [1] } } }"#)?
+            .contains("sets up its own network") == true)
     }
 
     @Test func sshMachineSettings() throws {
@@ -88,6 +100,29 @@ import Testing
         #expect(wrapped.starts(with: ["unshare", "--pid", "--fork", "--kill-child"]))
         #expect(wrapped.last == "--boot" && wrapped.contains { $0.contains("mount -t sysfs") })
         #expect(!NspawnCommandLine.wrapped([], networkNamespace: false).contains { $0.contains("sysfs") })
+        let script = NspawnCommandLine.wrapped([], networkNamespace: false, program: "/x/run-ct-nspawn")
+        #expect(script.starts(with: ["unshare", "--pid", "--fork", "--kill-child"]) && script.last == "/x/run-ct-nspawn")
+    }
+
+    @Test func nspawnStartScriptContract() {
+        let env = NspawnStartScript.environment(base: ["PATH": "/bin"], stateDirectory: "/run/m", sharedDirectory: "/run/s")
+        #expect(env == ["PATH": "/bin", "RUN_NSPAWN_ROOT_DIR": "/run/m", "RUN_NSPAWN_SHARED_DIR": "/run/s"])
+        #expect(NspawnStartScript.nspawnPID(in: "systemd-nspawn's PID is 42") == 42)
+        #expect(NspawnStartScript.nspawnPID(in: "systemd-nspawn's PID is soon") == nil)
+        #expect(NspawnStartScript.clean("\u{1B}[0;1;39msystemd[1]: Startup finished in 1.2s.\u{1B}[0m\r\r") == "systemd[1]: Startup finished in 1.2s.")
+        #expect(NspawnStartScript.isReady("systemd[1]: Startup finished in 259ms."))
+        #expect(NspawnStartScript.isReady("<<< Welcome to NixOS 25.05 (x86_64) - console >>>"))
+        #expect(!NspawnStartScript.isReady("Startup finished in 259ms (userspace)."))
+
+        let watcher = StartScriptWatcher()
+        watcher.feed(Array("systemd-nspawn's PID is 7\r\nWel".utf8))
+        #expect(watcher.nspawnPID == 7 && !watcher.ready)
+        watcher.feed(Array("come to NixOS!\r\n".utf8))
+        #expect(watcher.ready)
+        watcher.feed(Array("systemd-nspawn's PID is 9\n".utf8))
+        #expect(watcher.nspawnPID == 7, "the first PID line counts")
+        watcher.reset()
+        #expect(watcher.nspawnPID == nil && !watcher.ready)
     }
 
     @Test func nspawnNetworkParametersDropTheForwardingCard() throws {

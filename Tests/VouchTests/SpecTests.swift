@@ -188,19 +188,38 @@ import Testing
         #expect(e3?.message.contains("config.global_timeout must be a number") == true)
     }
 
-    @Test func containersAreUnsupported() {
-        let error = #expect(throws: VouchError.self) {
-            try NixpkgsConfig.parse(["vms": ["m": ["start_script": "/s"]], "containers": ["c": ["name": "c"]]])
-        }
-        #expect(error?.kind == .unsupported)
-        #expect(error?.message.contains("config.containers") == true)
+    @Test func containersWithStartScripts() throws {
+        let config = try NixpkgsConfig.parse([
+            "vms": ["server": ["name": "server", "start_script": "/nix/store/abc-run-server-vm"]],
+            "containers": ["ct": ["name": "ct", "start_script": "/nix/store/def-run-ct-nspawn"]],
+        ])
+        #expect(config.spec.machines.map(\.name) == ["ct", "server"])
+        let ct = config.spec.machines[0]
+        #expect(ct.backend == "nspawn" && ct.startScript == "/nix/store/def-run-ct-nspawn")
+        #expect(ct.vlans.isEmpty && ct.image == nil && ct.nspawn?.rootDirectory == nil && ct.board == nil)
+        #expect(config.spec.machines[1].backend == "qemu")
     }
 
-    @Test func noVMs() {
-        for json: JSONValue in [[:], ["vms": [:]]] {
+    @Test func onlyContainers() throws {
+        let config = try NixpkgsConfig.parse(["vms": [:], "containers": ["c": ["start_script": "/s"]]])
+        #expect(config.spec.machines.map(\.name) == ["c"])
+        let missing = #expect(throws: VouchError.self) { try NixpkgsConfig.parse(["containers": ["c": ["name": "c"]]]) }
+        #expect(missing?.message.contains("config.containers.c.start_script is missing") == true)
+    }
+
+    @Test func aVMAndAContainerMayNotShareAName() {
+        let error = #expect(throws: VouchError.self) {
+            try NixpkgsConfig.parse(["vms": ["a": ["name": "m", "start_script": "/s"]],
+                                     "containers": ["b": ["name": "m", "start_script": "/t"]]])
+        }
+        #expect(error?.kind == .invalidSpec && error?.message.contains("already a machine named 'm'") == true)
+    }
+
+    @Test func noMachines() {
+        for json: JSONValue in [[:], ["vms": [:]], ["vms": [:], "containers": [:]]] {
             let error = #expect(throws: VouchError.self) { try NixpkgsConfig.parse(json) }
             #expect(error?.kind == .invalidSpec)
-            #expect(error?.message.contains("config.vms is missing or empty") == true)
+            #expect(error?.message.contains("config.vms and config.containers are missing or empty") == true)
         }
     }
 

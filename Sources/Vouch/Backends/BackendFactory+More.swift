@@ -1,10 +1,22 @@
 import Foundation
 
 extension BackendFactory {
-    /// A container of the image's unpacked root filesystem (or a given directory).
+    /// A container of the image's unpacked root filesystem (or a given
+    /// directory), or one a nixpkgs `run-NAME-nspawn` start script boots.
     /// - Throws: `VouchError.missingImage` if the image has no root directory.
     static func nspawnPlan(for spec: MachineSpec) throws -> Plan {
         let settings = spec.nspawn ?? NspawnSettings()
+        if let script = spec.startScript {
+            guard FileManager.default.isExecutableFile(atPath: script) else {
+                throw VouchError(.missingImage, "start script \(script) does not exist or is not executable", machine: spec.name)
+            }
+            // NixOS's default target; its state is what "booted" means to the shell.
+            let unit = settings.readyUnit ?? "multi-user.target"
+            let timeout = spec.bootTimeout
+            return Plan(make: { NspawnBackend(context: $0, source: .startScript(script), readyUnit: unit, extraArgs: [],
+                                              bootTimeout: timeout) },
+                        readyUnit: unit)
+        }
         var readyUnit = settings.readyUnit
         let root: String
         if let directory = settings.rootDirectory {
@@ -26,7 +38,8 @@ extension BackendFactory {
         }
         let unit = readyUnit ?? "default.target"
         let extra = settings.extraArgs
-        return Plan(make: { NspawnBackend(context: $0, rootDirectory: root, readyUnit: unit, extraArgs: extra) },
+        return Plan(make: { NspawnBackend(context: $0, source: .root(root), readyUnit: unit, extraArgs: extra,
+                                                      bootTimeout: spec.bootTimeout) },
                     readyUnit: unit)
     }
 

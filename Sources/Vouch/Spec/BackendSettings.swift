@@ -53,7 +53,7 @@ extension MachineSpec {
         let common: Set<String> = ["backend", "bootTimeout"]
         switch backend {
         case "nspawn":
-            return common.union(["image", "rootDirectory", "readyUnit", "nspawnArgs", "vlans"])
+            return common.union(["image", "rootDirectory", "startScript", "readyUnit", "nspawnArgs", "vlans"])
         case "ssh":
             return common.union(["host", "port", "user", "identityFile", "knownHosts", "knownHostsFile",
                                  "allowPowerControl", "sshArgs"])
@@ -73,10 +73,20 @@ extension MachineSpec {
             n.rootDirectory = try o.string("rootDirectory")
             n.readyUnit = try o.string("readyUnit")
             n.extraArgs = try o.strings("nspawnArgs") ?? []
-            if n.rootDirectory != nil, image != nil {
-                throw TestSpec.invalid("\(path): give only one of image or rootDirectory")
+            if [n.rootDirectory != nil, image != nil, startScript != nil].filter({ $0 }).count > 1 {
+                throw TestSpec.invalid("\(path): give only one of image, rootDirectory or startScript")
             }
-            if n.rootDirectory == nil, image == nil { image = "systemd" }
+            if !n.extraArgs.isEmpty, startScript != nil {
+                throw TestSpec.invalid("\(path).nspawnArgs: a start script runs systemd-nspawn itself")
+            }
+            if n.rootDirectory == nil, startScript == nil, image == nil { image = "systemd" }
+            if startScript != nil {
+                // The script wires the container's network itself (nixpkgs' contract).
+                if o.value("vlans") != nil, !vlans.isEmpty {
+                    throw TestSpec.invalid("\(path).vlans: a start script sets up its own network; use \"vlans\": []")
+                }
+                vlans = []
+            }
             nspawn = n
         case "ssh":
             guard let host = try o.string("host"), !host.isEmpty else {

@@ -1,7 +1,7 @@
 import Foundation
 
-/// nixpkgs' driver configuration (`--config FILE`): `vms` with start
-/// scripts, `vlans`, `global_timeout` and the Python `test_script`.
+/// nixpkgs' driver configuration (`--config FILE`): `vms` and `containers`
+/// with start scripts, `vlans`, `global_timeout` and the Python `test_script`.
 public struct NixpkgsConfig: Sendable {
     /// The machines and global timeout, as a Vouch spec.
     public var spec: TestSpec
@@ -25,31 +25,45 @@ public struct NixpkgsConfig: Sendable {
         }
     }
 
+    /// One `vms` or `containers` entry: its name and start script.
+    private static func machine(_ key: String, _ value: JSONValue, path: String) throws -> MachineSpec {
+        let node = try SpecObject(value, path: path)
+        guard let script = try node.string("start_script") else {
+            throw TestSpec.invalid("\(path).start_script is missing")
+        }
+        let name = try node.string("name") ?? key
+        guard !name.isEmpty, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
+            throw TestSpec.invalid("\(path).name: '\(name)' may only contain letters, digits, '-' and '_'")
+        }
+        var m = MachineSpec(name: name)
+        m.startScript = script
+        return m
+    }
+
     /// Parses a driverConfiguration object.
     /// - Throws: `VouchError.invalidSpec`.
     public static func parse(_ json: JSONValue) throws -> NixpkgsConfig {
         let top = try SpecObject(json, path: "config")
         var machines: [MachineSpec] = []
-        if case .object(let vms)? = top.value("vms") {
-            for (key, value) in vms {
-                let vm = try SpecObject(value, path: "config.vms.\(key)")
-                guard let script = try vm.string("start_script") else {
-                    throw TestSpec.invalid("config.vms.\(key).start_script is missing")
+        for (section, backend) in [("vms", "qemu"), ("containers", "nspawn")] {
+            guard case .object(let nodes)? = top.value(section) else { continue }
+            for (key, value) in nodes {
+                var m = try machine(key, value, path: "config.\(section).\(key)")
+                if backend == "nspawn" {
+                    // The start script wires the container's network itself.
+                    m.backend = "nspawn"
+                    m.vlans = []
+                    m.nspawn = NspawnSettings()
+                } else {
+                    m.board = .pc
                 }
-                let name = try vm.string("name") ?? key
-                guard !name.isEmpty, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
-                    throw TestSpec.invalid("config.vms.\(key).name: '\(name)' may only contain letters, digits, '-' and '_'")
+                if machines.contains(where: { $0.name == m.name }) {
+                    throw TestSpec.invalid("config.\(section).\(key): there is already a machine named '\(m.name)'")
                 }
-                var m = MachineSpec(name: name)
-                m.startScript = script
-                m.board = .pc
                 machines.append(m)
             }
         }
-        if case .object(let containers)? = top.value("containers"), !containers.isEmpty {
-            throw VouchError(.unsupported, "config.containers: nixpkgs containers are not supported by Vouch yet")
-        }
-        guard !machines.isEmpty else { throw TestSpec.invalid("config.vms is missing or empty") }
+        guard !machines.isEmpty else { throw TestSpec.invalid("config.vms and config.containers are missing or empty") }
         let vlans = (top.value("vlans")?.arrayValue ?? []).compactMap(\.intValue)
         let timeout = try top.number("global_timeout") ?? 3600
         return NixpkgsConfig(

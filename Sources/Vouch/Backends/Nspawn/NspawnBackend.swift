@@ -15,12 +15,26 @@ import Synchronization
 /// one veth per VLAN on that VLAN's bridge; `block()` sets the host ends down.
 /// A reboot ends nspawn; with `allowReboot` Vouch starts it again (a fresh
 /// overlay: containers keep no state across reboots or crashes).
+///
+/// With a nixpkgs start script (`run-NAME-nspawn`), the script runs nspawn
+/// itself, under the same wrapper, and `start()` follows its stdout contract
+/// (`NspawnStartScript`) before the shell is opened the same way.
 final class NspawnBackend: Backend {
+    /// What the container boots.
+    enum Source: Sendable {
+        /// A root filesystem directory that Vouch boots with its own nspawn command line.
+        case root(String)
+        /// A nixpkgs `run-NAME-nspawn` script that execs nspawn itself.
+        case startScript(String)
+    }
+
     let kind = "nspawn"
     let context: MachineContext
-    let rootDirectory: String
+    let source: Source
     let readyUnit: String
     let extraArgs: [String]
+    /// Seconds a start script has to print its PID line and boot.
+    let bootTimeout: Double
 
     private struct State {
         var nspawn: ChildProcess?
@@ -39,21 +53,26 @@ final class NspawnBackend: Backend {
     private let relay = SessionRelay()
     private let exit = ExitLatch()
     private let token = String(UInt32.random(in: 0...UInt32.max), radix: 16)
+    /// The markers on a start script's stdout (unused for a root directory).
+    let watcher = StartScriptWatcher()
 
-    init(context: MachineContext, rootDirectory: String, readyUnit: String, extraArgs: [String]) {
+    init(context: MachineContext, source: Source, readyUnit: String, extraArgs: [String], bootTimeout: Double = 300) {
         self.context = context
-        self.rootDirectory = rootDirectory
+        self.source = source
         self.readyUnit = readyUnit
         self.extraArgs = extraArgs
+        self.bootTimeout = bootTimeout
     }
 
     var exitStatus: ExitStatus? { exit.value }
 
     func start() async throws -> GuestChannel {
-        try NspawnHost.check(rootDirectory: rootDirectory, machine: context.name)
+        var root: String?
+        if case .root(let directory) = source { root = directory }
+        try NspawnHost.check(rootDirectory: root, machine: context.name)
         let attachments = context.network?.attachments ?? []
         let enter = context.network?.enterNamespace()
-        if !attachments.isEmpty, enter == nil {
+        if root != nil, !attachments.isEmpty, enter == nil {
             throw VouchError(.unsupported, "the nspawn backend joins VLANs only on a TAP network: set \"network\": \"tap\" in the spec",
                              machine: context.name)
         }
@@ -61,6 +80,12 @@ final class NspawnBackend: Backend {
                                                 attributes: [.posixPermissions: 0o700])
         try FileManager.default.createDirectory(atPath: context.sharedDirectory, withIntermediateDirectories: true)
         let nspawn = try await spawnContainer()
+        if case .startScript(let script) = source {
+            do { try await awaitStartScript(script, process: nspawn) } catch {
+                await stop(keepState: true)
+                throw error
+            }
+        }
         let task = Task { await self.supervise(first: nspawn) }
         state.withLock { $0.supervisor = task }
         return relay.channel
@@ -68,6 +93,7 @@ final class NspawnBackend: Backend {
 
     /// Creates the veths and starts `systemd-nspawn` (again, after a reboot).
     private func spawnContainer() async throws -> ChildProcess {
+        guard case .root(let rootDirectory) = source else { return try spawnStartScript() }
         let name = context.name
         var commandLine = NspawnCommandLine(
             rootDirectory: rootDirectory, hostname: name,
@@ -101,6 +127,37 @@ final class NspawnBackend: Backend {
         context.log.log("started systemd-nspawn (pid \(process.pid))" + (enter == nil ? "" : " in the test's network namespace"),
                         machine: name)
         context.log.debug("command line: systemd-nspawn \(args.joined(separator: " "))", machine: name)
+        return process
+    }
+
+    /// Starts the nixpkgs start script, which execs nspawn itself and wires
+    /// its own network. It runs in the test's network namespace when there
+    /// is one, so the bridges of a TAP network are where it looks for them.
+    private func spawnStartScript() throws -> ChildProcess {
+        guard case .startScript(let script) = source else { preconditionFailure("not a start-script container") }
+        watcher.reset()
+        let enter = context.network?.enterNamespace()
+        let wrapped = NspawnCommandLine.wrapped([], networkNamespace: enter != nil, program: script)
+        let env = NspawnStartScript.environment(base: ProcessInfo.processInfo.environment,
+                                                stateDirectory: context.stateDirectory, sharedDirectory: context.sharedDirectory)
+        let process = try enter.map { try ChildProcess("nsenter", $0 + wrapped, environment: env, pipes: [.stdin, .stdout, .stderr]) }
+            ?? ChildProcess(wrapped[0], Array(wrapped.dropFirst()), environment: env, pipes: [.stdin, .stdout, .stderr])
+        let console = context.console, watcher = self.watcher
+        let pumps = [
+            Task {
+                while let chunk = try? await process.stdout!.queue.next() {
+                    watcher.feed(chunk)
+                    console.feed(chunk)
+                }
+            },
+            Task { while let chunk = try? await process.stderr!.queue.next() { console.feed(chunk) } },
+        ]
+        state.withLock { s in
+            s.nspawn = process
+            s.pumps += pumps
+        }
+        context.log.log("started \(script) (pid \(process.pid))" + (enter == nil ? "" : " in the test's network namespace"),
+                        machine: context.name)
         return process
     }
 

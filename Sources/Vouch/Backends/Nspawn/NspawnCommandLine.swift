@@ -51,10 +51,12 @@ struct NspawnCommandLine: Sendable, Equatable {
     /// up in /sys/class/net, which shows the namespace that mounted sysfs: so
     /// it gets its own sysfs there, as `ip netns exec` does; read-only, so
     /// nspawn does not wait for udev (not running there) to initialise veths.
-    static func wrapped(_ args: [String], networkNamespace: Bool) -> [String] {
+    ///
+    /// `program` is what runs there: nspawn, or a start script that execs it.
+    static func wrapped(_ args: [String], networkNamespace: Bool, program: String = "systemd-nspawn") -> [String] {
         let setup = networkNamespace ? remountSys + " && " : ""
         return ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--mount", "--propagation", "private", "--",
-                "sh", "-c", setup + "exec systemd-nspawn \"$@\"", "vouch-nspawn"] + args
+                "sh", "-c", setup + "exec \"$0\" \"$@\"", program] + args
     }
 
     /// Mounts a sysfs of the current network namespace over /sys, keeping

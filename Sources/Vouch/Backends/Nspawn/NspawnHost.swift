@@ -4,8 +4,10 @@ import Glibc
 /// What the host must offer to run containers, checked before anything
 /// starts so the error says what is missing rather than how nspawn died.
 enum NspawnHost {
+    /// Checks the host and, unless nil (a start script brings its own
+    /// root), the root filesystem to boot.
     /// - Throws: `VouchError.unsupported` naming the missing piece and the fix.
-    static func check(rootDirectory: String, machine: String) throws {
+    static func check(rootDirectory: String?, machine: String) throws {
         guard ChildProcess.resolve("systemd-nspawn") != nil else {
             throw VouchError(.unsupported, "systemd-nspawn is not installed: apt-get install systemd-container (scripts/setup does)",
                              machine: machine)
@@ -17,6 +19,10 @@ enum NspawnHost {
             throw VouchError(.unsupported, "the nspawn backend needs root (systemd-nspawn creates namespaces and mounts)",
                              machine: machine)
         }
+        if let rootDirectory { try checkRoot(rootDirectory, machine: machine) }
+    }
+
+    private static func checkRoot(_ rootDirectory: String, machine: String) throws {
         let fm = FileManager.default
         var isDirectory: ObjCBool = false
         guard fm.fileExists(atPath: rootDirectory, isDirectory: &isDirectory), isDirectory.boolValue else {
@@ -68,12 +74,38 @@ enum NspawnHost {
         (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    private static func children(of pid: pid_t) -> [pid_t] {
+    /// Direct children of `pid`, from every thread's `children` list.
+    static func children(of pid: pid_t) -> [pid_t] {
         let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
         return tasks.flatMap { task -> [pid_t] in
             let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/children", encoding: .utf8)) ?? ""
             return text.split(separator: " ").compactMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
         }
+    }
+
+    /// The `NSpid:` list of `pid`: its pid in each PID namespace, outermost first.
+    static func namespacePIDs(_ pid: pid_t) -> [pid_t] {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("NSpid:") })
+        else { return [] }
+        return line.split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst().compactMap { pid_t($0) }
+    }
+
+    /// The host pid of the process below `root` that the PID namespace
+    /// `root` created calls `pid` (a start script run under `unshare --pid`
+    /// prints pids of that namespace). nil if there is none (yet).
+    static func hostPID(ofNamespacePID pid: pid_t, under root: pid_t) -> pid_t? {
+        let level = namespacePIDs(root).count
+        guard level > 0 else { return nil }
+        var queue = children(of: root)
+        var seen = 0
+        while let candidate = queue.popLast(), seen < 256 {
+            seen += 1
+            let ids = namespacePIDs(candidate)
+            if ids.count > level, ids[level] == pid { return candidate }
+            queue += children(of: candidate)
+        }
+        return nil
     }
 
     private static func isNamespaceInit(_ pid: pid_t) -> Bool {
