@@ -59,7 +59,15 @@ struct ContainerConfigTests {
         return (dir, env)
     }
 
-    static func expectNothingLeft(in dir: URL, initsBefore: Set<Int32>) {
+    /// Every per-container directory nspawn keeps in /run (the stand-in
+    /// names its containers itself, not `vouch-*`).
+    static func allPropagationDirectories() -> Set<String> {
+        Set((try? FileManager.default.contentsOfDirectory(atPath: NspawnHost.propagationRoot)) ?? [])
+    }
+
+    static func expectNothingLeft(in dir: URL, initsBefore: Set<Int32>, propagationBefore: Set<String>) {
+        let propagation = allPropagationDirectories().subtracting(propagationBefore)
+        #expect(propagation.isEmpty, "nspawn left /run/systemd/nspawn/propagate/\(propagation.sorted())")
         let holders = processes(mentioning: dir.path)
         #expect(holders.isEmpty, "processes left behind: \(holders)")
         let left = containerInits().subtracting(initsBefore)
@@ -95,13 +103,14 @@ struct ContainerConfigTests {
             try await ct.shutdown()
             """.write(to: script, atomically: true, encoding: .utf8)
         let before = containerInits()
+        let propagationBefore = Self.allPropagationDirectories()
         let out = dir.appendingPathComponent("out")
         let (status, output) = try await runCLI(["run", "--config", config.path, "--script", script.path, "-o", out.path],
                                                 environment: env, timeout: 300)
         #expect(status == 0, "\(output)")
         #expect(output.contains("ct: container booted; its init is pid"))
         #expect(output.contains("ct: powered off"))
-        Self.expectNothingLeft(in: dir, initsBefore: before)
+        Self.expectNothingLeft(in: dir, initsBefore: before, propagationBefore: propagationBefore)
     }
 
     /// A VM (QEMU stand-in) and a container in one configuration, driven by
@@ -128,11 +137,12 @@ struct ContainerConfigTests {
         ]
         try JSONSerialization.data(withJSONObject: json).write(to: config)
         let before = containerInits()
+        let propagationBefore = Self.allPropagationDirectories()
         let (status, output) = try await runCLI(["run", "--config", config.path, "-o", dir.appendingPathComponent("out").path],
                                                 environment: env, timeout: 600)
         #expect(status == 0, "\(output)")
         #expect(output.contains("ct: powered off") && output.contains("legacy: powered off"))
-        Self.expectNothingLeft(in: dir, initsBefore: before)
+        Self.expectNothingLeft(in: dir, initsBefore: before, propagationBefore: propagationBefore)
     }
 
     /// On a TAP network the script runs in the test's network namespace, so
@@ -177,6 +187,7 @@ struct ContainerConfigTests {
             ("echo \"systemd-nspawn's PID is $$\"; sleep 60 & sleep 60 & echo 'Welcome to NixOS'; wait", "has 2 children", "Welcome to NixOS"),
         ]
         let before = containerInits()
+        let propagationBefore = Self.allPropagationDirectories()
         for (body, message, tail) in cases {
             let run = try await RealRun.run([try machine(body)], name: "brokenStartScript") { d in
                 let error = await #expect(throws: VouchError.self) { try await d.startAll() }
@@ -186,7 +197,7 @@ struct ContainerConfigTests {
             }
             #expect(run.outcome == .passed)
         }
-        Self.expectNothingLeft(in: dir, initsBefore: before)
+        Self.expectNothingLeft(in: dir, initsBefore: before, propagationBefore: propagationBefore)
 
         var missing = MachineSpec(name: "ct")
         missing.backend = "nspawn"

@@ -30,12 +30,15 @@ struct RealRun {
         let driver = try Driver(spec: spec, options: options)
         let containers = machines.contains { $0.backend == "nspawn" }
         let containersBefore = containers ? containerInits() : []
+        let propagationBefore = nspawnPropagationDirectories()
         let outcome = await driver.run(body)
         let run = RealRun(driver: driver, outcome: outcome)
         run.expectNoLeftovers()
         // Container inits do not mention the run directory: compare instead.
         let leftContainers = containers ? containerInits().subtracting(containersBefore) : []
         #expect(leftContainers.isEmpty, "container inits left behind: \(leftContainers.sorted().map { pid in "\(pid) " + ((try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? "").split(separator: "\n").prefix(7).joined(separator: " ") })")
+        let propagationLeft = nspawnPropagationDirectories().subtracting(propagationBefore)
+        #expect(propagationLeft.isEmpty, "nspawn left /run/systemd/nspawn/propagate/\(propagationLeft.sorted())")
         let remoteDirs = ((try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? []).filter { $0.hasPrefix("vouch-ssh-") }
         #expect(remoteDirs.isEmpty || !machines.contains { $0.backend == "ssh" }, "ssh machines left /tmp/\(remoteDirs)")
         // Keep the log of a failed run for the developer; drop a passed one's.
@@ -54,6 +57,12 @@ struct RealRun {
         let holders = processes(mentioning: driver.runDirectory)
         #expect(holders.isEmpty, "processes left behind: \(holders)", sourceLocation: sourceLocation)
     }
+}
+
+/// The `vouch-*` directories nspawn keeps per container in /run.
+func nspawnPropagationDirectories() -> Set<String> {
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: NspawnHost.propagationRoot)) ?? []
+    return Set(names.filter { $0.hasPrefix("vouch-") })
 }
 
 /// Pids of live processes that are PID 1 of a child PID namespace (a

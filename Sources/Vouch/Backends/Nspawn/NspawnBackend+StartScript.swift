@@ -48,7 +48,10 @@ extension NspawnBackend {
             nspawn = nspawn ?? NspawnHost.hostPID(ofNamespacePID: namespacePID, under: process.pid)
             if let nspawn {
                 children = NspawnHost.children(of: nspawn)
-                if children.count == 1 { return children[0] }
+                if children.count == 1 {
+                    recordMachineName(ofNspawn: nspawn)
+                    return children[0]
+                }
             }
             try await Task.sleep(for: .milliseconds(20))
         }

@@ -47,6 +47,9 @@ final class NspawnBackend: Backend {
         var forwarders: [PortForwarder] = []
         var rebootAllowed = false
         var stopped = false
+        /// The machine names the containers ran under (a start script picks
+        /// its own, maybe a new one per boot), to clean up after them.
+        var machineNames: Set<String> = []
     }
 
     private let state = Mutex(State())
@@ -65,6 +68,13 @@ final class NspawnBackend: Backend {
     }
 
     var exitStatus: ExitStatus? { exit.value }
+
+    /// Remembers the machine name the nspawn `pid` runs under, to remove
+    /// what nspawn leaves in /run for it once the container is gone.
+    func recordMachineName(ofNspawn pid: pid_t?) {
+        guard let pid, let name = NspawnHost.machineName(ofNspawn: pid) else { return }
+        state.withLock { _ = $0.machineNames.insert(name) }
+    }
 
     func start() async throws -> GuestChannel {
         var root: String?
@@ -188,6 +198,7 @@ final class NspawnBackend: Backend {
         while !Task.isCancelled {
             if nspawn.exitStatus == nil, let initPID = NspawnHost.initPID(under: nspawn.pid) {
                 let nspawnPID = NspawnHost.parent(of: initPID)
+                recordMachineName(ofNspawn: nspawnPID)
                 state.withLock { s in
                     s.initPID = initPID
                     s.containerPIDs += [initPID] + (nspawnPID.map { [$0] } ?? [])
@@ -312,6 +323,7 @@ final class NspawnBackend: Backend {
         relay.finish()
         if exit.value == nil { exit.set(nspawn?.exitStatus ?? .exited(-1)) }
         await NspawnHost.waitGone(state.withLock { $0.containerPIDs }, seconds: 5)
+        for name in state.withLock({ $0.machineNames }) { NspawnHost.removePropagationDirectory(machineName: name) }
         if let enter = context.network?.enterNamespace() {
             for attachment in context.network?.attachments ?? [] {
                 let node = Int(attachment.nic.mac.split(separator: ":").last.flatMap { Int($0, radix: 16) } ?? 0)

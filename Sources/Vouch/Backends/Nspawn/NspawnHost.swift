@@ -118,6 +118,33 @@ enum NspawnHost {
         return name != nil && name != "systemd-nspawn"
     }
 
+    /// Where systemd-nspawn keeps a directory per running container (for
+    /// `machinectl bind`); with `--register=no` nobody removes it afterwards.
+    static let propagationRoot = "/run/systemd/nspawn/propagate"
+
+    /// The machine name of the running systemd-nspawn `pid`, from its command
+    /// line (`--machine`/`-M`, else the root directory's name, as nspawn does).
+    static func machineName(ofNspawn pid: pid_t) -> String? {
+        guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return nil }
+        let args = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        var directory: String?
+        for (i, arg) in args.enumerated() {
+            let next = i + 1 < args.count ? args[i + 1] : nil
+            if arg.hasPrefix("--machine=") { return String(arg.dropFirst("--machine=".count)) }
+            if arg == "--machine" || arg == "-M" { return next }
+            if arg.hasPrefix("-M") { return String(arg.dropFirst(2)) }
+            if arg.hasPrefix("--directory=") { directory = String(arg.dropFirst("--directory=".count)) }
+            if arg == "--directory" || arg == "-D" { directory = next }
+        }
+        return directory.map { ($0 as NSString).lastPathComponent }
+    }
+
+    /// Removes the directory nspawn kept for container `machineName`, once
+    /// the container is gone.
+    static func removePropagationDirectory(machineName: String) {
+        try? FileManager.default.removeItem(atPath: propagationRoot + "/" + machineName)
+    }
+
     /// Waits (at most `seconds`) until none of `pids` is alive (zombies
     /// count as gone). The container dies asynchronously once the wrapper
     /// is killed: its PID namespace is torn down after the wrapper is reaped.
