@@ -62,16 +62,10 @@ struct Bench: AsyncParsableCommand {
                 result.boot = (ContinuousClock.now - began).seconds
                 writeStderr("bench: \(image): up in \(String(format: "%.2f", result.boot)) s; \(calls) round trips per framing…\n")
                 for _ in 0..<10 { try await m.succeed("true") }
-                for _ in 0..<calls {
-                    let t = ContinuousClock.now
-                    try await m.execute("true")
-                    result.vouch.append((ContinuousClock.now - t).seconds)
-                }
-                for _ in 0..<calls {
-                    let t = ContinuousClock.now
+                result.vouch = try await timed(calls) { try await m.execute("true") }
+                result.twoStep = try await timed(calls) {
                     let r = try await m.executeTwoStep("true")
                     guard r.status == 0 else { throw VouchError(.commandFailed, "two-step true returned \(r.status)") }
-                    result.twoStep.append((ContinuousClock.now - t).seconds)
                 }
                 try await m.shutdown()
             }
@@ -142,6 +136,18 @@ struct Bench: AsyncParsableCommand {
         var vouch: [Double] = []
         var twoStep: [Double] = []
     }
+}
+
+/// Runs `body` `count` times and returns how long each call took, in seconds.
+func timed(_ count: Int, _ body: () async throws -> Void) async throws -> [Double] {
+    var samples: [Double] = []
+    samples.reserveCapacity(count)
+    for _ in 0..<count {
+        let began = ContinuousClock.now
+        try await body()
+        samples.append((ContinuousClock.now - began).seconds)
+    }
+    return samples
 }
 
 func percentile(_ values: [Double], _ p: Double) -> Double {

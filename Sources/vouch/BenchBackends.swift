@@ -72,11 +72,7 @@ extension Bench {
             try await m.succeed("true")
             result.boot = (ContinuousClock.now - began).seconds
             for _ in 0..<10 { try await m.succeed("true") }
-            for _ in 0..<calls {
-                let t = ContinuousClock.now
-                try await m.execute("true")
-                result.vouch.append((ContinuousClock.now - t).seconds)
-            }
+            result.vouch = try await timed(calls) { try await m.execute("true") }
         }
         guard outcome == .passed else {
             writeStderr("bench: \(backend) failed: \(outcome)\n")

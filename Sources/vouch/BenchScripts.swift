@@ -45,16 +45,8 @@ extension Bench {
         let outcome = await driver.run { d in
             let m = try d.machine("machine")
             for _ in 0..<10 { try await m.succeed("true") }
-            for _ in 0..<calls {
-                let t = ContinuousClock.now
-                try await m.succeed("true")
-                result.vouch.append((ContinuousClock.now - t).seconds)
-            }
-            for _ in 0..<calls {
-                let t = ContinuousClock.now
-                _ = await m.isUp()
-                result.twoStep.append((ContinuousClock.now - t).seconds)
-            }
+            result.vouch = try await timed(calls) { try await m.succeed("true") }
+            result.twoStep = try await timed(calls) { _ = await m.isUp() }
             try await PythonScript(path: python).run(in: d)
         }
         guard outcome == .passed else {
