@@ -1,16 +1,20 @@
 import ArgumentParser
 import Foundation
+import Glibc
 @_spi(Benchmark) import Vouch
 
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure boot time, command round trips and driver memory on the default guests.",
         discussion: """
-            For each image, boots one machine and reports: boot to first command, the round \
-            trip of succeed("true") with Vouch's one-step framing and with the nixpkgs Python \
-            driver's two-step framing (timeout + bash -c + base64, then a second round trip for \
-            the status) on the same guest in the same run, and the driver's peak resident \
-            memory. The machine is shared and noisy: compare figures within one run.
+            For each image, boots one machine and reports: boot to first command, and the round \
+            trip of execute("true") with Vouch's framing (which waits for processes a command \
+            leaves holding its stdout), with the plain framing it had before that detection \
+            existed, and with the nixpkgs Python driver's two-step framing (timeout + bash -c + \
+            base64, then a second round trip for the status), all on the same guest in the same \
+            run, interleaved; and the driver's peak resident memory. Other modes measure the \
+            network, scripts, backends, snapshots and a console flood. The machine is shared \
+            and noisy: compare figures within one run.
             """)
 
     @Option(help: "Images to measure, comma-separated.")
@@ -40,7 +44,11 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "With --snapshots: restores per guest.")
     var restores = 5
 
+    @Option(help: "Flood a minimal guest's serial console with this many MB instead, and report the driver's memory and CPU.")
+    var consoleFlood: Int?
+
     func run() async throws {
+        if let consoleFlood { return try await runConsoleFlood(megabytes: consoleFlood) }
         if network { return try await runNetwork() }
         if scripts { return try await runScripts() }
         if let backends { return try await runBackends(backends) }
@@ -48,8 +56,7 @@ struct Bench: AsyncParsableCommand {
         var rows: [[String]] = []
         var accelerator = "unknown"
         for image in images.split(separator: ",").map(String.init) {
-            var machine = MachineSpec(name: "bench")
-            machine.image = image
+            let machine = MachineSpec(name: "bench", qemu: QEMUSettings(image: image))
             let spec = TestSpec(name: "bench-\(image)", globalTimeout: 1800, machines: [machine])
             let driver = benchDriver(spec)
             let calls = self.calls
@@ -62,10 +69,14 @@ struct Bench: AsyncParsableCommand {
                 result.boot = (ContinuousClock.now - began).seconds
                 writeStderr("bench: \(image): up in \(String(format: "%.2f", result.boot)) s; \(calls) round trips per framing…\n")
                 for _ in 0..<10 { try await m.succeed("true") }
-                result.vouch = try await timed(calls) { try await m.execute("true") }
-                result.twoStep = try await timed(calls) {
-                    let r = try await m.executeTwoStep("true")
-                    guard r.status == 0 else { throw VouchError(.commandFailed, "two-step true returned \(r.status)") }
+                // Interleaved in rounds of ten, so that a load change on the host hits every framing alike.
+                for _ in 0..<(calls / 10) {
+                    result.vouch += try await timed(10) { try await m.execute("true") }
+                    result.plain += try await timed(10) { try await m.executePlain("true") }
+                    result.twoStep += try await timed(10) {
+                        let r = try await m.executeTwoStep("true")
+                        guard r.status == 0 else { throw VouchError(.commandFailed, "two-step true returned \(r.status)") }
+                    }
                 }
                 try await m.shutdown()
             }
@@ -78,13 +89,16 @@ struct Bench: AsyncParsableCommand {
             rows.append([
                 image, String(format: "%.2f s", result.boot),
                 ms(percentile(result.vouch, 0.5)), ms(percentile(result.vouch, 0.99)),
+                ms(percentile(result.plain, 0.5)), ms(percentile(result.plain, 0.99)),
+                String(format: "%+.0f%%", (percentile(result.vouch, 0.5) / percentile(result.plain, 0.5) - 1) * 100),
                 ms(percentile(result.twoStep, 0.5)), ms(percentile(result.twoStep, 0.99)),
                 String(format: "%.1fx", percentile(result.twoStep, 0.5) / percentile(result.vouch, 0.5)),
             ])
         }
-        let header = ["guest", "boot→1st cmd", "vouch p50", "vouch p99", "2-step p50", "2-step p99", "speed-up p50"]
+        let header = ["guest", "boot→1st cmd", "vouch p50", "vouch p99", "plain p50", "plain p99", "vouch vs plain p50",
+                      "2-step p50", "2-step p99", "speed-up p50"]
         print(table([header] + rows))
-        print("accelerator: \(accelerator); \(calls) calls per framing; driver peak RSS: \(peakRSS()) (VmHWM)")
+        print("accelerator: \(accelerator); \(calls) calls per framing; plain = without waiting for leftovers; driver peak RSS: \(peakRSS()) (VmHWM)")
     }
 
     /// startAll for 1, 2 and 4 minimal machines on VLAN 1, and ping between two.
@@ -92,10 +106,9 @@ struct Bench: AsyncParsableCommand {
         var rows: [[String]] = []
         for count in [1, 2, 4] {
             let machines = (1...count).map { i -> MachineSpec in
-                var m = MachineSpec(name: "m\(i)")
-                m.image = "minimal"
-                m.memoryMiB = 256
-                return m
+                var q = QEMUSettings(image: "minimal")
+                q.memoryMiB = 256
+                return MachineSpec(name: "m\(i)", qemu: q)
             }
             let driver = benchDriver(TestSpec(name: "bench-net", machines: machines))
             let result = Results()
@@ -128,12 +141,13 @@ struct Bench: AsyncParsableCommand {
         var options = RunOptions(outputDirectory: out)
         options.quiet = true
         if let accel { options.accelerator = Accelerator.Choice(rawValue: accel) }
-        do { return try Driver(spec: spec, options: options) } catch let error as VouchError { fail(error) } catch { fail(VouchError(.other, "\(error)")) }
+        do { return try Driver(spec: spec, options: options) } catch { fail(error) }
     }
 
     final class Results: @unchecked Sendable {
         var boot = 0.0
         var vouch: [Double] = []
+        var plain: [Double] = []
         var twoStep: [Double] = []
     }
 }
@@ -159,10 +173,20 @@ func percentile(_ values: [Double], _ p: Double) -> Double {
 
 func ms(_ seconds: Double) -> String { String(format: "%.2f ms", seconds * 1000) }
 
-func peakRSS() -> String {
+func peakRSS() -> String { memoryField("VmHWM").map { "\($0) kB" } ?? "unknown" }
+
+/// A `kB` field of /proc/self/status (VmRSS, VmHWM).
+func memoryField(_ name: String) -> Int? {
     guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM") }) else { return "unknown" }
-    return line.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix(name + ":") }) else { return nil }
+    return Int(line.split(separator: ":")[1].trimmingCharacters(in: .whitespaces).split(separator: " ")[0])
+}
+
+/// CPU seconds this process has used (user + system).
+func cpuSeconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
 }
 
 func table(_ rows: [[String]]) -> String {

@@ -22,8 +22,7 @@ extension Bench {
         let warm = (ContinuousClock.now - began).seconds
         guard cached else { throw ValidationError("the second compile did not come from the cache") }
 
-        var machine = MachineSpec(name: "machine")
-        machine.image = "minimal"
+        let machine = MachineSpec(name: "machine", qemu: QEMUSettings(image: "minimal"))
         let driver = benchDriver(TestSpec(name: "bench-scripts", machines: [machine]), outputDirectory: work.appendingPathComponent("out"))
         let samples = work.appendingPathComponent("python.json")
         let python = work.appendingPathComponent("bench.py")

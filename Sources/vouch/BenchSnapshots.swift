@@ -9,9 +9,9 @@ extension Bench {
         let sizes = memory.split(separator: ",").compactMap { Int($0) }
         for image in images.split(separator: ",").map(String.init) {
             for size in sizes {
-                var machine = MachineSpec(name: "bench")
-                machine.image = image
-                machine.memoryMiB = size
+                var settings = QEMUSettings(image: image)
+                settings.memoryMiB = size
+                let machine = MachineSpec(name: "bench", qemu: settings)
                 let spec = TestSpec(name: "bench-snap-\(image)", globalTimeout: 1800, machines: [machine])
                 let driver = benchDriver(spec)
                 let restores = self.restores

@@ -34,7 +34,7 @@ struct Run: AsyncParsableCommand {
         request.configPath = source.config.map(absolute)
         let testSpec: TestSpec
         var python: PythonSource?
-        do {
+        do throws(VouchError) {
             testSpec = try request.loadSpec()
             if let script, script.hasSuffix(".py") {
                 python = .file(URL(fileURLWithPath: absolute(script)))
@@ -44,7 +44,14 @@ struct Run: AsyncParsableCommand {
             if let python, case .file(let url) = python, !FileManager.default.fileExists(atPath: url.path) {
                 throw VouchError(.invalidSpec, "test script \(url.path) does not exist")
             }
-        } catch let error as VouchError {
+            if interactive, let script, !script.hasSuffix(".py") {
+                throw VouchError(.invalidSpec, "the interactive session is Python; \(script) is not a .py script")
+            }
+            let language: NodeNames.ScriptLanguage? = interactive || python != nil ? .python : script != nil ? .swift : nil
+            request.scriptLanguage = language.map { $0 == .python ? "python" : "swift" }
+            // Everything that can be checked before a machine boots, once.
+            try testSpec.check(accelerator: request.accelerator.flatMap(Accelerator.Choice.init(rawValue:)), script: language)
+        } catch {
             fail(error)
         }
         if interactive, common.globalTimeout == nil {
@@ -52,9 +59,6 @@ struct Run: AsyncParsableCommand {
             request.globalTimeout = 1e9
         }
         if interactive || python != nil {
-            if interactive, let script, !script.hasSuffix(".py") {
-                fail(VouchError(.invalidSpec, "the interactive session is Python; \(script) is not a .py script"))
-            }
             let source = python
             let session = interactive
             throw ExitCode(await ScriptRunner.run(request) { driver in
@@ -64,27 +68,26 @@ struct Run: AsyncParsableCommand {
         guard let script else {
             throw ExitCode(await ScriptRunner.run(request) { driver in try await driver.startAll() })
         }
-        try await runSwift(script: script, request: request, machines: testSpec.machines.map(\.name))
+        await runSwift(script: script, request: request, machines: testSpec.machines.map(\.name))
     }
 
-    private func runSwift(script: String, request: RunRequest, machines: [String]) async throws {
+    private func runSwift(script: String, request: RunRequest, machines: [String]) async {
         let url = URL(fileURLWithPath: script).standardizedFileURL
-        let executable: URL
-        do {
-            let began = ContinuousClock.now
-            let (built, cached) = try await ScriptCompiler().compile(script: url, machines: machines)
-            let took = String(format: "%.2f s", (ContinuousClock.now - began).seconds)
-            writeStderr("script \(url.lastPathComponent): \(cached ? "cached build" : "compiled in \(took)")\n")
-            executable = built
-        } catch let error as VouchError {
+        let compiled: (library: URL, cached: Bool)
+        let began = ContinuousClock.now
+        do throws(VouchError) {
+            compiled = try await ScriptCompiler().compile(script: url, machines: machines)
+        } catch {
             fail(error)
         }
-        let json = String(decoding: try JSONEncoder().encode(request), as: UTF8.self)
-        setenv(RunRequest.environmentKey, json, 1)
-        let argv = [executable.path]
-        let cArgs = argv.map { strdup($0) } + [nil]
+        let took = String(format: "%.2f s", (ContinuousClock.now - began).seconds)
+        writeStderr("script \(url.lastPathComponent): \(compiled.cached ? "cached build" : "compiled in \(took)")\n")
+        let executable = compiled.library
+        guard let json = try? JSONEncoder().encode(request) else { fail(VouchError(.other, "cannot encode the run request")) }
+        setenv(RunRequest.environmentKey, String(decoding: json, as: UTF8.self), 1)
+        let cArgs = [strdup(executable.path), nil]
         execv(executable.path, cArgs)
-        fail(VouchError(.spawnFailed, "cannot run the compiled script \(executable.path): \(String(cString: strerror(errno)))"))
+        fail(VouchError(.spawnFailed, "cannot run the compiled script \(executable.path)", cause: SystemCallError("execv \(executable.path)")))
     }
 }
 
@@ -95,12 +98,12 @@ enum PythonSource: Sendable {
     case inline(String)
 
     /// A file holding the script (inline text is written into the run directory).
-    func file(in driver: Driver) throws -> URL {
+    func file(in driver: Driver) throws(VouchError) -> URL {
         switch self {
         case .file(let url): return url
         case .inline(let text):
             let url = URL(fileURLWithPath: driver.runDirectory).appendingPathComponent("testScript.py")
-            try text.write(to: url, atomically: true, encoding: .utf8)
+            try vouching("cannot write the test script to \(url.path)") { try text.write(to: url, atomically: true, encoding: .utf8) }
             return url
         }
     }

@@ -1,6 +1,11 @@
 import Foundation
 import Testing
 @testable import Vouch
+@testable import VouchBackends
+@testable import VouchGuest
+@testable import VouchSupport
+@testable import VouchTesting
+@testable import VouchWire
 
 /// What the shared scenario may expect of a backend.
 struct ScenarioTraits {
@@ -124,16 +129,13 @@ struct BackendScenarioTests {
         try await SSHDFixture.sh("ssh-keygen -q -t ed25519 -N '' -f \(keyDir)/id")
         let publicKey = try String(contentsOfFile: keyDir + "/id.pub", encoding: .utf8)
         let port = try LoopbackTCP.freePort()
-        var remote = MachineSpec(name: "remote")
-        remote.backend = "ssh"
-        remote.vlans = []
         var s = SSHSettings(host: "127.0.0.1")
         s.port = port
         s.user = "root"
         s.identityFile = keyDir + "/id"
         s.knownHosts = .off
         s.allowPowerControl = true
-        remote.ssh = s
+        let remote = MachineSpec(name: "remote", ssh: s)
         let run = try await RealRun.run([guest("vm", image: "systemd"), remote]) { d in
             let vm = try d.machine("vm")
             try await vm.succeed("mkdir -p -m 700 /root/.ssh && echo \(shellQuote(publicKey)) > /root/.ssh/authorized_keys")
@@ -141,7 +143,7 @@ struct BackendScenarioTests {
             try await vm.forwardPort(host: port, guest: 22)
             // Let the VM reset instead of exit, so the ssh machine's reboot()
             // comes back (the forwarded port survives: same QEMU process).
-            try await vm.backend?.allowReboot(true)
+            try await vm.start(allowReboot: true)
             try await machineScenario(try d.machine("remote"), ScenarioTraits(reboot: true))
             // The ssh machine's shutdown powered the VM off.
             try await retry(timeout: 60) { guard !(await vm.isUp()) else { throw VouchError(.other, "vm still up") } }
@@ -175,9 +177,9 @@ struct BackendScenarioTests {
 
 /// An nspawn machine on the systemd image.
 func container(_ name: String, vlans: [Int]) -> MachineSpec {
-    var m = MachineSpec(name: name)
-    m.backend = "nspawn"
-    m.image = "systemd"
+    var settings = NspawnSettings()
+    settings.image = "systemd"
+    var m = MachineSpec(name: name, nspawn: settings)
     m.vlans = vlans
     m.bootTimeout = 120
     return m

@@ -1,6 +1,11 @@
 import Foundation
 import Testing
 @testable import Vouch
+@testable import VouchBackends
+@testable import VouchGuest
+@testable import VouchSupport
+@testable import VouchTesting
+@testable import VouchWire
 
 /// `vouch run --snapshot-after-boot` across runs: reuse, stale keys, damaged
 /// and unloadable snapshots.
@@ -89,7 +94,7 @@ final class BootSnapshotTests {
         try bytes.write(to: state)
         let manifestURL = URL(fileURLWithPath: garbled + "/manifest.json")
         var manifest = try JSONDecoder().decode(SnapshotCache.Manifest.self, from: Data(contentsOf: manifestURL))
-        manifest.stateChecksum = try SnapshotCache.checksum(state.path)
+        manifest.files["state"]?.checksum = try SnapshotCache.checksum(state.path)
         try JSONEncoder().encode(manifest).write(to: manifestURL)
         let unloadable = try await run(spec)
         #expect(unloadable.status == 0, "\(unloadable.output)")

@@ -2,6 +2,11 @@ import Foundation
 import Glibc
 import Testing
 @testable import Vouch
+@testable import VouchBackends
+@testable import VouchGuest
+@testable import VouchSupport
+@testable import VouchTesting
+@testable import VouchWire
 
 /// The `vouch` command as users run it: specs, scripts, exit statuses, signals.
 @Suite(.serialized)
@@ -114,7 +119,7 @@ final class CLITests {
         let output = OutputCollector()
         async let a: Void = output.drain(bash.stdout!.queue)
         async let b: Void = output.drain(bash.stderr!.queue)
-        _ = try await withDeadline(seconds: 300) { try await bash.waitForExit() }
+        _ = try await within(seconds: 300) { try await bash.waitForExit() }
         _ = await (a, b)
         #expect(output.text.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "vouch's exit status: \(output.text)")
         #expect(runDirectories() == before, "the run directory must be removed even though stderr was closed")
@@ -129,7 +134,7 @@ final class CLITests {
         async let a: Void = output.drain(process.stdout!.queue)
         async let b: Void = output.drain(process.stderr!.queue)
         // Interrupt once both QEMUs run, while the guests are still booting.
-        try await withDeadline(seconds: 120) {
+        try await within(seconds: 120) {
             while output.text.components(separatedBy: "started qemu-system").count < 3 {
                 try await Task.sleep(for: .milliseconds(100))
             }
@@ -154,7 +159,7 @@ final class CLITests {
             #expect(namespaceID != nil, "the network namespace holder should be running")
         }
         kill(process.pid, signal)
-        let status = try await withDeadline(seconds: 30) { try await process.waitForExit() }
+        let status = try await within(seconds: 30) { try await process.waitForExit() }
         _ = await (a, b)
         #expect(status == .exited(130), "\(output.text)")
         #expect(processes(mentioning: marker).isEmpty)

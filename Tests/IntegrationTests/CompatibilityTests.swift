@@ -1,6 +1,11 @@
 import Foundation
 import Testing
 @testable import Vouch
+@testable import VouchBackends
+@testable import VouchGuest
+@testable import VouchSupport
+@testable import VouchTesting
+@testable import VouchWire
 
 /// The nixpkgs side of the contract, and concurrent runs on one host.
 @Suite(.serialized)

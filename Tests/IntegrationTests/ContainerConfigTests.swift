@@ -1,6 +1,11 @@
 import Foundation
 import Testing
 @testable import Vouch
+@testable import VouchBackends
+@testable import VouchGuest
+@testable import VouchSupport
+@testable import VouchTesting
+@testable import VouchWire
 
 /// nixpkgs container nodes (`containers` in a driver configuration), with a
 /// stand-in for the `run-NAME-nspawn` script NixOS would build.
@@ -152,12 +157,11 @@ struct ContainerConfigTests {
         let (dir, _) = try Self.scratch("ct-vlan")
         defer { try? FileManager.default.removeItem(at: dir) }
         let setup = "ip link add vh-ct type veth peer name vc-ct && ip link set vh-ct master br1 up"
-        var ct = MachineSpec(name: "ct")
-        ct.backend = "nspawn"
+        var settings = NspawnSettings()
+        settings.startScript = try Self.writeStandIn("ct", in: dir, network: (setup, "--network-interface=vc-ct"))
+        var ct = MachineSpec(name: "ct", nspawn: settings)
         ct.vlans = []
         ct.bootTimeout = 60
-        ct.nspawn = NspawnSettings()
-        ct.startScript = try Self.writeStandIn("ct", in: dir, network: (setup, "--network-interface=vc-ct"))
         let run = try await RealRun.run([guest("vm", image: "systemd"), ct], network: .tap) { d in
             let vm = try d.machine("vm"), ct = try d.machine("ct")
             try await d.startAll()
@@ -173,12 +177,11 @@ struct ContainerConfigTests {
         let (dir, _) = try Self.scratch("ct-broken")
         defer { try? FileManager.default.removeItem(at: dir) }
         func machine(_ body: String) throws -> MachineSpec {
-            var m = MachineSpec(name: "ct")
-            m.backend = "nspawn"
+            var settings = NspawnSettings()
+            settings.startScript = try Self.writeExecutable("#!/bin/sh\n" + body, to: dir.appendingPathComponent("run-\(UUID().uuidString.prefix(8))-nspawn"))
+            var m = MachineSpec(name: "ct", nspawn: settings)
             m.vlans = []
             m.bootTimeout = 3
-            m.nspawn = NspawnSettings()
-            m.startScript = try Self.writeExecutable("#!/bin/sh\n" + body, to: dir.appendingPathComponent("run-\(UUID().uuidString.prefix(8))-nspawn"))
             return m
         }
         let cases: [(String, String, String)] = [
@@ -199,10 +202,11 @@ struct ContainerConfigTests {
         }
         Self.expectNothingLeft(in: dir, initsBefore: before, propagationBefore: propagationBefore)
 
-        var missing = MachineSpec(name: "ct")
-        missing.backend = "nspawn"
-        missing.startScript = dir.appendingPathComponent("run-none-nspawn").path
-        let error = #expect(throws: VouchError.self) { try BackendFactory.plan(for: missing, accelerator: nil) }
+        var settings = NspawnSettings()
+        settings.startScript = dir.appendingPathComponent("run-none-nspawn").path
+        var missing = MachineSpec(name: "ct", nspawn: settings)
+        missing.vlans = []
+        let error = #expect(throws: VouchError.self) { try NspawnProvider().prepare(missing, in: RunEnvironment()) }
         #expect(error?.kind == .missingImage && error?.machine == "ct" && error?.message.contains("not executable") == true)
     }
 }

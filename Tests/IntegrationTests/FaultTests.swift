@@ -2,6 +2,11 @@ import Foundation
 import Glibc
 import Testing
 @testable import Vouch
+@testable import VouchBackends
+@testable import VouchGuest
+@testable import VouchSupport
+@testable import VouchTesting
+@testable import VouchWire
 
 /// Faults on real guests: each ends in a clear error and leaves nothing behind.
 @Suite(.serialized)
@@ -71,8 +76,9 @@ struct FaultTests {
     }
 
     @Test func missingImageFailsBeforeAnythingStarts() async throws {
-        var m = MachineSpec(name: "machine")
-        m.kernel = "/nonexistent/vmlinux"
+        var q = QEMUSettings()
+        q.kernel = "/nonexistent/vmlinux"
+        let m = MachineSpec(name: "machine", qemu: q)
         let before = runDirectories()
         let error = #expect(throws: VouchError.self) {
             _ = try Driver(spec: TestSpec(name: "missing", machines: [m]), options: RunOptions(outputDirectory: RealRun.outputDirectory("missing")))

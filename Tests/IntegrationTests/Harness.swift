@@ -1,13 +1,18 @@
 import Foundation
 import Testing
 @testable import Vouch
+@testable import VouchBackends
+@testable import VouchGuest
+@testable import VouchSupport
+@testable import VouchTesting
+@testable import VouchWire
 
 /// Builds machine specs for the built-in images.
 func guest(_ name: String, image: String = "minimal", bootTimeout: Double = 300, cmdline: String? = nil) -> MachineSpec {
-    var m = MachineSpec(name: name)
-    m.image = image
+    var settings = QEMUSettings(image: image)
+    settings.cmdline = cmdline
+    var m = MachineSpec(name: name, qemu: settings)
     m.bootTimeout = bootTimeout
-    m.cmdline = cmdline
     return m
 }
 
@@ -19,7 +24,7 @@ struct RealRun {
     /// Runs `body` with a driver for `machines`, then asserts that teardown
     /// left no process referring to the run directory and removed it.
     static func run(
-        _ machines: [MachineSpec], globalTimeout: Double = 1200, network: TestSpec.NetworkKind = .vde,
+        _ machines: [MachineSpec], globalTimeout: Double = 1200, network: NetworkKind = .vde,
         name: String = #function, _ body: @escaping @Sendable (Driver) async throws -> Void
     ) async throws -> RealRun {
         var options = RunOptions(outputDirectory: outputDirectory(name))
@@ -102,9 +107,27 @@ let vouchBinary = packageRoot.appendingPathComponent(".build/debug/vouch").path
 
 /// Runs the CLI and returns its exit status and combined output.
 func runCLI(_ args: [String], environment: [String: String]? = nil, timeout: Double = 600) async throws -> (status: Int32, output: String) {
-    let (status, output) = try await withDeadline(seconds: timeout) {
-        try await ChildProcess.run(vouchBinary, args, environment: environment)
-    }
+    let (status, output) = try await ChildProcess.run(vouchBinary, args, environment: environment, timeout: timeout)
     guard case .exited(let code) = status else { return (-1, output) }
     return (code, output)
+}
+
+/// Thrown by `within` when the time runs out.
+struct TestTimedOut: Error, CustomStringConvertible {
+    let seconds: Double
+    var description: String { "timed out after \(seconds) s" }
+}
+
+/// Runs `body`, failing with `TestTimedOut` after `seconds` (the body is cancelled).
+func within<T: Sendable>(seconds: Double, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: .seconds(seconds))
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else { throw TestTimedOut(seconds: seconds) }
+        return value
+    }
 }

@@ -1,6 +1,11 @@
 import Foundation
 import Testing
 @testable import Vouch
+@testable import VouchBackends
+@testable import VouchGuest
+@testable import VouchSupport
+@testable import VouchTesting
+@testable import VouchWire
 
 /// Every Machine API call on real TCG guests: one systemd guest, one minimal.
 /// One boot serves all checks, to keep the suite inside CI's budget.

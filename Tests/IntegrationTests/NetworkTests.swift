@@ -1,6 +1,11 @@
 import Foundation
 import Testing
 @testable import Vouch
+@testable import VouchBackends
+@testable import VouchGuest
+@testable import VouchSupport
+@testable import VouchTesting
+@testable import VouchWire
 
 func onVLANs(_ name: String, _ vlans: [Int], image: String = "minimal") -> MachineSpec {
     var m = guest(name, image: image)

@@ -1,6 +1,11 @@
 import Foundation
 import Testing
 @testable import Vouch
+@testable import VouchBackends
+@testable import VouchGuest
+@testable import VouchSupport
+@testable import VouchTesting
+@testable import VouchWire
 
 /// The nixpkgs-style conformance scripts in Tests/Conformance, run unchanged
 /// through `vouch run --script X.py` against real guests.

@@ -1,6 +1,11 @@
 import Foundation
 import Testing
 @testable import Vouch
+@testable import VouchBackends
+@testable import VouchGuest
+@testable import VouchSupport
+@testable import VouchTesting
+@testable import VouchWire
 
 /// A real sshd on this host, alone in a network namespace reached through a
 /// veth pair: a throwaway "existing host" for the ssh backend. Keys, config
@@ -64,15 +69,11 @@ final class SSHDFixture: Sendable {
 
     /// A machine spec for this sshd, strict host key checking against its known_hosts.
     func machine(_ name: String) -> MachineSpec {
-        var m = MachineSpec(name: name)
-        m.backend = "ssh"
-        m.vlans = []
         var s = SSHSettings(host: address)
         s.user = "root"
         s.identityFile = directory + "/id"
         s.knownHostsFile = directory + "/known_hosts"
-        m.ssh = s
-        return m
+        return MachineSpec(name: name, ssh: s)
     }
 
     func stop() async {

@@ -1,6 +1,11 @@
 import Foundation
 import Testing
 @testable import Vouch
+@testable import VouchBackends
+@testable import VouchGuest
+@testable import VouchSupport
+@testable import VouchTesting
+@testable import VouchWire
 
 /// Snapshots on real guests: state round trips, repeated restores, and
 /// networked machines restored together.
@@ -40,8 +45,8 @@ struct SnapshotTests {
         #expect(run.outcome == .passed, "\(run.outcome)")
     }
 
-    @Test(arguments: [TestSpec.NetworkKind.vde, .tap])
-    func twoMachinesOnAVLANRestoredTogetherStillPing(network: TestSpec.NetworkKind) async throws {
+    @Test(arguments: [NetworkKind.vde, .tap])
+    func twoMachinesOnAVLANRestoredTogetherStillPing(network: NetworkKind) async throws {
         var spec = TestSpec(name: "snapshot-\(network)", machines: [guest("a"), guest("b")])
         spec.network = network
         var options = RunOptions(outputDirectory: RealRun.outputDirectory("snapshot-\(network)"))
@@ -82,7 +87,7 @@ struct SnapshotTests {
 
     @Test func pcBoardRoundTrip() async throws {
         var m = guest("m")
-        m.board = .pc
+        m.qemu?.board = .pc
         let run = try await RealRun.run([m]) { d in
             let m = try d.machine("m")
             try await m.succeed("echo before > /root/before")

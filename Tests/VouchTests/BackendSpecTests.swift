@@ -2,6 +2,11 @@ import Foundation
 import Testing
 
 @testable import Vouch
+@testable import VouchBackends
+@testable import VouchGuest
+@testable import VouchSupport
+@testable import VouchTesting
+@testable import VouchWire
 
 @Suite struct BackendSpecTests {
     func parse(_ text: String) throws -> TestSpec {
@@ -25,7 +30,7 @@ import Testing
               "nspawnArgs": ["--capability=CAP_NET_ADMIN"], "vlans": [1, 2] } } }
             """)
         let m = spec.machines[0]
-        #expect(m.backend == "nspawn" && m.image == "systemd" && m.vlans == [1, 2])
+        #expect(m.backend == "nspawn" && m.nspawn?.image == "systemd" && m.vlans == [1, 2])
         #expect(m.nspawn?.readyUnit == "nginx.service")
         #expect(m.nspawn?.extraArgs == ["--capability=CAP_NET_ADMIN"])
     }
@@ -42,7 +47,7 @@ import Testing
 
     @Test func nspawnMachineWithAStartScript() throws {
         let m = try parse(#"{ "machines": { "c": { "backend": "nspawn", "startScript": "/s/run-c-nspawn", "vlans": [] } } }"#).machines[0]
-        #expect(m.startScript == "/s/run-c-nspawn" && m.image == nil)
+        #expect(m.nspawn?.startScript == "/s/run-c-nspawn" && m.nspawn?.image == nil)
         #expect(invalidMessage(#"{ "machines": { "c": { "backend": "nspawn", "startScript": "/s", "image": "systemd", "vlans": [] } } }"#)?
             .contains("only one of image") == true)
         #expect(invalidMessage(#"{ "machines": { "c": { "backend": "nspawn", "startScript": "/s", "nspawnArgs": ["-q"], "vlans": [] } } }"#)?
@@ -67,7 +72,7 @@ import Testing
     @Test func sshSpecErrorsNameMachineAndField() {
         #expect(invalidMessage(#"{ "machines": { "h": { "backend": "ssh" } } }"#)?.contains("machines.h.host") == true)
         #expect(invalidMessage(#"{ "machines": { "h": { "backend": "ssh", "host": "x", "knownHosts": "maybe" } } }"#)?
-            .contains("machines.h.knownHosts: unknown policy 'maybe'") == true)
+            .contains("machines.h.knownHosts: unknown value 'maybe' (one of: strict, accept-new, off)") == true)
         #expect(invalidMessage(#"{ "machines": { "h": { "backend": "ssh", "host": "x", "port": 70000 } } }"#)?
             .contains("machines.h.port") == true)
         #expect(invalidMessage(#"{ "machines": { "h": { "backend": "ssh", "host": "x", "image": "systemd" } } }"#)?

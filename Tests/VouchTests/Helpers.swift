@@ -4,6 +4,11 @@ import Synchronization
 import Testing
 
 @testable import Vouch
+@testable import VouchBackends
+@testable import VouchGuest
+@testable import VouchSupport
+@testable import VouchTesting
+@testable import VouchWire
 
 /// A fresh private directory under /tmp, removed by `removeTree`.
 func makeTempDirectory(_ prefix: String = "vouch-unit") -> String {
@@ -22,7 +27,19 @@ func makeContext(name: String = "guest", in dir: String) -> MachineContext {
     let log = TestLog(quiet: true)
     return MachineContext(
         name: name, stateDirectory: dir + "/vm-state-\(name)", sharedDirectory: dir + "/shared-xchg",
-        log: log, console: Console(machine: name, log: log))
+        log: log, console: Console(machine: name, log: log, file: URL(fileURLWithPath: dir + "/console-\(name).log")))
+}
+
+extension GuestShell {
+    /// `run` with a timeout in seconds, as most tests want it.
+    func run(_ command: String, timeout: Double) async throws(VouchError) -> CommandResult {
+        try await run(command, until: Deadline(seconds: timeout))
+    }
+
+    /// `connect` with a timeout in seconds.
+    func connect(timeout: Double = 15) async throws(VouchError) {
+        try await connect(until: Deadline(seconds: timeout))
+    }
 }
 
 /// Starts a PTY fake guest, connects a `GuestShell` to it, runs `body`, and
@@ -36,7 +53,7 @@ func withFakeShell<T: Sendable>(
     do {
         let channel = try await backend.start()
         let shell = GuestShell(machine: "guest", channel: channel)
-        try await withDeadline(seconds: 15) { try await shell.connect() }
+        try await shell.connect(timeout: 15)
         let result = try await body(shell, backend)
         await backend.stop(keepState: false)
         removeTree(dir)
@@ -83,7 +100,7 @@ func makeFakeMachine(
     let output = URL(fileURLWithPath: dir + "/out")
     let made = FakeMachineBackends()
     let machine = Machine(
-        context: context, outputDirectory: output, bootTimeout: bootTimeout, readyUnit: nil,
+        context: context, backendName: "pty-fake", outputDirectory: output, bootTimeout: bootTimeout, readyUnit: nil,
         makeBackend: { ctx in
             counter.increment()
             let backend = PTYShellBackend(context: ctx, options: options)
@@ -115,7 +132,7 @@ func withFakeMachine<T: Sendable>(
 }
 
 /// Runs a host program to completion and returns its status and stdout.
-func runHost(_ program: String, _ arguments: [String], environment: [String: String]? = nil) async throws -> (status: Vouch.ExitStatus, stdout: [UInt8]) {
+func runHost(_ program: String, _ arguments: [String], environment: [String: String]? = nil) async throws -> (status: VouchSupport.ExitStatus, stdout: [UInt8]) {
     let process = try ChildProcess(program, arguments, environment: environment)
     let out = BytesCollector()
     let err = BytesCollector()
@@ -161,5 +178,25 @@ func expectVouchError(
     } catch {
         Issue.record("expected a VouchError, got \(type(of: error)): \(error)", sourceLocation: sourceLocation)
         return nil
+    }
+}
+
+/// Thrown by `within` when the time runs out.
+struct TestTimedOut: Error, CustomStringConvertible {
+    let seconds: Double
+    var description: String { "timed out after \(seconds) s" }
+}
+
+/// Runs `body`, failing with `TestTimedOut` after `seconds` (the body is cancelled).
+func within<T: Sendable>(seconds: Double, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: .seconds(seconds))
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else { throw TestTimedOut(seconds: seconds) }
+        return value
     }
 }

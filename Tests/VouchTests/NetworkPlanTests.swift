@@ -1,5 +1,10 @@
 import Testing
 @testable import Vouch
+@testable import VouchBackends
+@testable import VouchGuest
+@testable import VouchSupport
+@testable import VouchTesting
+@testable import VouchWire
 
 @Suite struct NetworkPlanTests {
     @Test func nodesAreNumberedAlphabeticallyWithNixpkgsMACsAndAddresses() throws {
@@ -53,7 +58,7 @@ import Testing
         #expect(try TestSpec.parse(["machines": ["a": [:]]]).network == .vde)
         #expect(try TestSpec.parse(["network": "tap", "machines": ["a": [:]]]).network == .tap)
         let bad = #expect(throws: VouchError.self) { try TestSpec.parse(["network": "slirp", "machines": ["a": [:]]]) }
-        #expect(bad?.message.contains("unknown network 'slirp' (vde or tap)") == true)
+        #expect(bad?.message.contains("spec.network: unknown value 'slirp' (one of: vde, tap)") == true)
     }
 
     @Test func tapNamesFitLinuxInterfaceNames() {

@@ -4,6 +4,11 @@ import Synchronization
 import Testing
 
 @testable import Vouch
+@testable import VouchBackends
+@testable import VouchGuest
+@testable import VouchSupport
+@testable import VouchTesting
+@testable import VouchWire
 
 /// A QMP server on a unix socket, on its own thread with blocking I/O,
 /// following PROTOCOLS.md §5: greeting, then `qmp_capabilities` before
@@ -36,7 +41,7 @@ final class FakeQMPServer: Sendable {
             let closed = Mutex(false)
             let send: Send = { message in
                 let bytes = Array((message.description + "\n").utf8)
-                writeLock.withLock { _ in if !closed.withLock({ $0 }) { try? writeAll(fd: fd, bytes) } }
+                writeLock.withLock { _ in if !closed.withLock({ $0 }) { try? writeAllBlocking(fd: fd, bytes) } }
             }
             let hangUp: @Sendable () -> Void = {
                 writeLock.withLock { _ in
@@ -105,7 +110,7 @@ final class FakeQMPServer: Sendable {
         defer { server.stop() }
         let client = try await QMPClient.connect(path: server.path, machine: "vm", timeout: 5)
         do {
-            let result = try await withDeadline(seconds: 20) { try await body(client, server) }
+            let result = try await body(client, server)
             await client.close()
             return result
         } catch {
@@ -172,7 +177,7 @@ final class FakeQMPServer: Sendable {
         }) { client, _ in
             #expect(try await client.execute("stop") == [:])
             // The event came before the reply, so before waitForEvent was called: it is kept.
-            let event = try await client.waitForEvent("STOP")
+            let event = try await client.waitForEvent("STOP", timeout: 5)
             #expect(event["event"]?.stringValue == "STOP")
             #expect(event["timestamp"] != nil)
         }
@@ -185,15 +190,15 @@ final class FakeQMPServer: Sendable {
             send(FakeQMPServer.event("RESET", ["guest": true, "reason": "guest-reset"]))
             send(FakeQMPServer.event("SHUTDOWN", ["guest": true, "reason": "guest-shutdown"]))
         }) { client, _ in
-            async let shutdown = client.waitForEvent("SHUTDOWN")
+            async let shutdown = client.waitForEvent("SHUTDOWN", timeout: 5)
             try await client.execute("system_reset")
             let event = try await shutdown
             #expect(event["data"]?["reason"]?.stringValue == "guest-shutdown")
             // RESET arrived while nobody waited for it: still there, once.
-            #expect(try await client.waitForEvent("RESET")["data"]?["reason"]?.stringValue == "guest-reset")
+            #expect(try await client.waitForEvent("RESET", timeout: 5)["data"]?["reason"]?.stringValue == "guest-reset")
             await client.clearEvents()
-            let gone = try? await withDeadline(seconds: 0.3) { try await client.waitForEvent("RESET") }
-            #expect(gone == nil)
+            let gone = await expectVouchError(.timeout) { _ = try await client.waitForEvent("RESET", timeout: 0.3) }
+            #expect(gone?.message.contains("no QMP event RESET") == true)
         }
     }
 
@@ -202,7 +207,7 @@ final class FakeQMPServer: Sendable {
             if command == "quit" { hangUp() } else { send(FakeQMPServer.reply(request, ["return": [:]])) }
         }) { client, _ in
             try await client.execute("query-status")
-            let waiter = Task { try await client.waitForEvent("NEVER") }
+            let waiter = Task { try await client.waitForEvent("NEVER", timeout: 30) }
             try await Task.sleep(for: .milliseconds(100))
             let error = await expectVouchError(.qmpError) { try await client.execute("quit") }
             #expect(error?.message.contains("closed") == true, "\(String(describing: error))")
@@ -211,9 +216,7 @@ final class FakeQMPServer: Sendable {
             let later = await expectVouchError(.qmpError) { try await client.execute("query-status") }
             #expect(later?.message.contains("connection closed") == true)
             // Waiting for an event on a closed connection fails at once instead of hanging.
-            let lateWait = await expectVouchError(.qmpError) {
-                _ = try await withDeadline(seconds: 2) { try await client.waitForEvent("SHUTDOWN") }
-            }
+            let lateWait = await expectVouchError(.qmpError) { _ = try await client.waitForEvent("SHUTDOWN", timeout: 2) }
             #expect(lateWait?.message.contains("closed") == true)
         }
     }

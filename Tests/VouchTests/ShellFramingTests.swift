@@ -2,6 +2,11 @@ import Foundation
 import Testing
 
 @testable import Vouch
+@testable import VouchBackends
+@testable import VouchGuest
+@testable import VouchSupport
+@testable import VouchTesting
+@testable import VouchWire
 
 @Suite struct ShellFramingTests {
     /// Strings full of what breaks quoting: quotes, backslashes, `$`, backticks,
@@ -128,7 +133,8 @@ import Testing
     @Test func setupScriptAnnouncesItsNonce() {
         let script = String(decoding: ShellFraming.setupScript(nonce: "s-1"), as: UTF8.self)
         #expect(script.hasSuffix("\n"))
-        #expect(script.contains("printf '\\036VOUCH:%s:0\\n' s-1"))
+        #expect(script.contains("printf '\\036VOUCH:%s:0:f\\n' s-1"))
+        #expect(script.contains("printf '\\036VOUCH:%s:0:p\\n' s-1"))
         #expect(script.contains("set -euo pipefail"))
         #expect(script.contains("</dev/null"))
     }

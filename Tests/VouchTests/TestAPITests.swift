@@ -4,6 +4,11 @@ import Synchronization
 import Testing
 
 @testable import Vouch
+@testable import VouchBackends
+@testable import VouchGuest
+@testable import VouchSupport
+@testable import VouchTesting
+@testable import VouchWire
 
 struct Flaky: Error, CustomStringConvertible {
     let attempt: Int
@@ -24,17 +29,18 @@ struct Flaky: Error, CustomStringConvertible {
 
     @Test func retryGivesUpWithTheLastError() async throws {
         let calls = Counter()
-        await #expect(throws: Flaky.self) {
+        let error = await #expect(throws: VouchError.self) {
             try await retry(attempts: 4, delay: 0.01) { () async throws -> Void in
                 calls.increment()
                 throw Flaky(attempt: calls.count)
             }
         }
         #expect(calls.count == 4)
+        #expect((error?.cause as? Flaky)?.attempt == 4, "the last attempt's error is kept as the cause")
         do {
             try await retry(attempts: 2, delay: 0) { () async throws -> Void in throw Flaky(attempt: 99) }
-        } catch let error as Flaky {
-            #expect(error.attempt == 99)
+        } catch {
+            #expect((error.cause as? Flaky)?.attempt == 99)
         }
     }
 
@@ -61,19 +67,21 @@ struct Flaky: Error, CustomStringConvertible {
                 try await retry(timeout: 0.5) { () async throws -> Void in throw Flaky(attempt: 7) }
             }
         }
-        #expect(error?.message.contains("retry gave up after 0.5 s; last error: flaky attempt 7") == true)
+        #expect(error?.message.contains("retry gave up after 0.5 s; last error: flaky attempt 7") == true, "\(String(describing: error))")
+        #expect((error?.cause as? VouchError)?.cause is Flaky, "the last error is kept as the cause")
         #expect(error?.location?.file.hasSuffix("TestAPITests.swift") == true)
         #expect(seconds >= 0.5 && seconds < 3)
     }
 
     @Test func retryDoesNotRetryCancellation() async {
         let calls = Counter()
-        await #expect(throws: CancellationError.self) {
+        let error = await #expect(throws: VouchError.self) {
             try await retry(attempts: 5, delay: 0) { () async throws -> Void in
                 calls.increment()
                 throw CancellationError()
             }
         }
+        #expect(error?.kind == .cancelled)
         #expect(calls.count == 1)
     }
 
@@ -106,7 +114,7 @@ struct Flaky: Error, CustomStringConvertible {
         let e2 = #expect(throws: VouchError.self) { try assertNotEqual("x", "x") }
         #expect(e2?.message == "expected anything but x")
         let thrown = try await assertThrows { throw VouchError(.timeout, "slow") }
-        #expect((thrown as? VouchError)?.kind == .timeout)
+        #expect(thrown.kind == .timeout)
         let e3 = await #expect(throws: VouchError.self) { try await assertThrows { 42 } }
         #expect(e3?.message == "expected an error, got 42")
         #expect(e3?.kind == .assertionFailed)
@@ -116,15 +124,16 @@ struct Flaky: Error, CustomStringConvertible {
         #expect(Driver.current == nil)
         let value = try await subtest("outside a run") { 42 }
         #expect(value == 42)
-        await #expect(throws: Flaky.self) { try await subtest("failing") { throw Flaky(attempt: 1) } }
+        let failing = await #expect(throws: VouchError.self) { try await subtest("failing") { throw Flaky(attempt: 1) } }
+        #expect(failing?.cause is Flaky && failing?.message == "subtest failing failed")
         let error = await expectVouchError(.other) { try await startAll() }
         #expect(error?.message.contains("outside a test run") == true)
     }
 
     @Test func variableNames() {
-        #expect(Machine.variableName(for: "web-server.1") == "web_server_1")
-        #expect(Machine.variableName(for: "plain_name2") == "plain_name2")
-        #expect(Machine.variableName(for: "1st-node") == "_st_node")
+        #expect(NodeNames.variableName(for: "web-server.1") == "web_server_1")
+        #expect(NodeNames.variableName(for: "plain_name2") == "plain_name2")
+        #expect(NodeNames.variableName(for: "1st-node") == "_st_node")
         #expect(shellQuote("it's") == "'it'\\''s'")
     }
 }
@@ -135,8 +144,9 @@ struct Flaky: Error, CustomStringConvertible {
 @Suite struct DriverTests {
     func makeDriver(globalTimeout: Double? = nil) throws -> (Driver, String) {
         let dir = makeTempDirectory()
-        var m = MachineSpec(name: "machine")
-        m.startScript = "/bin/true"
+        var q = QEMUSettings()
+        q.startScript = "/bin/true"
+        let m = MachineSpec(name: "machine", qemu: q)
         var options = RunOptions(outputDirectory: URL(fileURLWithPath: dir + "/out"))
         options.quiet = true
         options.junitXML = URL(fileURLWithPath: dir + "/report.xml")
@@ -205,8 +215,9 @@ struct Flaky: Error, CustomStringConvertible {
     }
 
     @Test func invalidSpecIsRejectedBeforeAnythingStarts() throws {
-        var m = MachineSpec(name: "m")
-        m.startScript = "/nonexistent/run-m-vm"
+        var q = QEMUSettings()
+        q.startScript = "/nonexistent/run-m-vm"
+        let m = MachineSpec(name: "m", qemu: q)
         let dir = makeTempDirectory()
         defer { removeTree(dir) }
         var options = RunOptions(outputDirectory: URL(fileURLWithPath: dir + "/out"))
@@ -215,9 +226,10 @@ struct Flaky: Error, CustomStringConvertible {
         #expect(error?.kind == .missingImage)
         #expect(error?.machine == "m")
         #expect(error?.message.contains("/nonexistent/run-m-vm") == true)
-        var unknown = MachineSpec(name: "u")
-        unknown.backend = "lxc"
+        struct LXC: BackendSettings { static let backend = "lxc" }
+        let unknown = MachineSpec(name: "u", settings: LXC())
         let e2 = #expect(throws: VouchError.self) { try Driver(spec: TestSpec(name: "t", machines: [unknown]), options: options) }
         #expect(e2?.kind == .invalidSpec)
+        #expect(e2?.message.contains("unknown backend 'lxc'") == true)
     }
 }

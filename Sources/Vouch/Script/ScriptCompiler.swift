@@ -1,6 +1,8 @@
 internal import CVouch
 import Foundation
 import Glibc
+import VouchBackends
+import VouchSupport
 
 /// Compiles Swift test scripts against the Vouch library, caching by content.
 ///
@@ -40,12 +42,13 @@ public struct ScriptCompiler: Sendable {
         var out = "import Vouch\nimport Foundation\n" + imports.joined(separator: "\n") + "\n"
         out += "@main\nstruct VouchTestScript {\n    static func main() async {\n"
         out += "        await ScriptRunner.main { driver in\n"
+        // Backticks let a node be named like a keyword (`class`).
         for m in machines {
-            let v = Machine.variableName(for: m)
-            out += "            let \(v) = try driver.machine(\"\(m)\"); _ = \(v)\n"
+            let v = NodeNames.variableName(for: m)
+            out += "            let `\(v)` = try driver.machine(\"\(m)\"); _ = `\(v)`\n"
         }
         out += "            let vlans = driver.network.vlans; _ = vlans\n"
-        if machines.count == 1, Machine.variableName(for: machines[0]) != "machine" {
+        if machines.count == 1, NodeNames.variableName(for: machines[0]) != "machine" {
             out += "            let machine = try driver.machine(\"\(machines[0])\"); _ = machine\n"
         }
         out += "#sourceLocation(file: \"\(path.replacingOccurrences(of: "\"", with: "\\\""))\", line: 1)\n"
@@ -58,23 +61,24 @@ public struct ScriptCompiler: Sendable {
     /// - Returns: the test executable, and whether it came from the cache.
     /// - Throws: `VouchError.invalidSpec` with the compiler's diagnostics
     ///   (pointing at the script's lines), `.spawnFailed` without a compiler.
-    public func compile(script url: URL, machines: [String]) async throws -> (library: URL, cached: Bool) {
+    public func compile(script url: URL, machines: [String]) async throws(VouchError) -> (library: URL, cached: Bool) {
         guard let source = try? String(contentsOf: url, encoding: .utf8) else {
-            throw VouchError(.invalidSpec, "cannot read test script \(url.path)")
+            throw VouchError(.invalidSpec, "cannot read test script \(url.path)", cause: SystemCallError("open \(url.path)"))
         }
         let library = try Self.libraryLocation()
         let wrapped = Self.wrap(script: source, path: url.path, machines: machines)
         let identity = wrapped + "\n" + library.identity
         let key = String(fnv1a(identity), radix: 16) + String(fnv1a(String(identity.reversed())), radix: 16)
-        try FileManager.default.createDirectory(at: cacheDirectory, withIntermediateDirectories: true)
         let output = cacheDirectory.appendingPathComponent("script-\(key)")
         if FileManager.default.fileExists(atPath: output.path) { return (output, true) }
 
         let work = cacheDirectory.appendingPathComponent("build-\(key)-\(getpid())")
-        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: work) }
         let sourceFile = work.appendingPathComponent("script.swift")
-        try wrapped.write(to: sourceFile, atomically: true, encoding: .utf8)
+        try vouching("cannot write the script's build directory \(work.path)") {
+            try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+            try wrapped.write(to: sourceFile, atomically: true, encoding: .utf8)
+        }
+        defer { try? FileManager.default.removeItem(at: work) }
         let partial = work.appendingPathComponent("script")
         var args = [
             "-parse-as-library", "-module-name", "VouchScript", "-Onone", "-swift-version", "6",
@@ -83,7 +87,7 @@ public struct ScriptCompiler: Sendable {
             "-o", partial.path, sourceFile.path,
         ]
         if let map = library.cModuleMap { args += ["-Xcc", "-fmodule-map-file=\(map)"] }
-        let (status, compilerOutput) = try await ChildProcess.run(swiftc, args, workingDirectory: work.path)
+        let (status, compilerOutput) = try await ChildProcess.run(swiftc, args, workingDirectory: work.path, timeout: 600)
         guard status == .exited(0) else {
             let diagnostics = compilerOutput.split(separator: "\n")
                 .filter { !$0.contains(sourceFile.path) || $0.contains(": error") }
@@ -91,7 +95,7 @@ public struct ScriptCompiler: Sendable {
             throw VouchError(.invalidSpec, "test script \(url.path) does not compile", outputTail: tail(diagnostics, lines: 40))
         }
         try? FileManager.default.removeItem(at: output)
-        try FileManager.default.moveItem(at: partial, to: output)
+        try vouching("cannot store the compiled script in \(output.path)") { try FileManager.default.moveItem(at: partial, to: output) }
         return (output, false)
     }
 
@@ -104,7 +108,7 @@ public struct ScriptCompiler: Sendable {
     }
 
     /// Finds libVouch.so (the copy this process runs) and its module files.
-    static func libraryLocation() throws -> LibraryLocation {
+    static func libraryLocation() throws(VouchError) -> LibraryLocation {
         guard let name = vouch_library_path() else {
             throw VouchError(.other, "cannot locate the Vouch library")
         }

@@ -2,6 +2,9 @@ internal import CVouch
 import Dispatch
 import Foundation
 import Glibc
+import Synchronization
+import VouchBackends
+import VouchSupport
 
 /// What to run: passed from `vouch run` to a compiled test script in the
 /// environment variable `VOUCH_RUN_REQUEST` (JSON).
@@ -22,6 +25,8 @@ public struct RunRequest: Codable, Sendable {
     public var accelerator: String?
     /// See `RunOptions.snapshotAfterBoot`.
     public var snapshotAfterBoot = false
+    /// The script's language (`swift` or `python`), for the node-name checks.
+    public var scriptLanguage: String?
 
     /// The environment variable the request travels in.
     public static let environmentKey = "VOUCH_RUN_REQUEST"
@@ -31,7 +36,7 @@ public struct RunRequest: Codable, Sendable {
 
     /// Loads the spec (or nixpkgs config) the request names.
     /// - Throws: `VouchError.invalidSpec` / `.unsupported`.
-    public func loadSpec() throws -> TestSpec {
+    public func loadSpec() throws(VouchError) -> TestSpec {
         if let configPath {
             return try NixpkgsConfig.load(URL(fileURLWithPath: configPath)).spec
         }
@@ -41,7 +46,7 @@ public struct RunRequest: Codable, Sendable {
 
     /// The driver options this request asks for.
     /// - Throws: `VouchError.invalidSpec` for an unknown accelerator.
-    public func runOptions() throws -> RunOptions {
+    public func runOptions() throws(VouchError) -> RunOptions {
         var options = RunOptions(outputDirectory: URL(fileURLWithPath: outputDirectory))
         options.junitXML = junitXML.map { URL(fileURLWithPath: $0) }
         options.keepState = keepState
@@ -52,6 +57,11 @@ public struct RunRequest: Codable, Sendable {
                 throw VouchError(.invalidSpec, "unknown accelerator '\(accelerator)' (auto, kvm or tcg)")
             }
             options.accelerator = choice
+        }
+        switch scriptLanguage {
+        case "swift": options.scriptLanguage = .swift
+        case "python": options.scriptLanguage = .python
+        default: break
         }
         return options
     }
@@ -89,16 +99,28 @@ public enum ScriptRunner {
         return outcome.exitStatus
     }
 
-    /// Runs the driver; SIGINT and SIGTERM cancel the run, which then tears down.
+    /// Runs the driver. Signals are handled here, in one place: the first
+    /// SIGINT or SIGTERM cancels the run, which then tears down (bounded);
+    /// a second one kills every child at once and exits.
     static func runHandlingSignals(_ driver: Driver, _ body: @escaping @Sendable (Driver) async throws -> Void) async -> RunOutcome {
         signal(SIGINT, SIG_IGN)
         signal(SIGTERM, SIG_IGN)
         let task = Task { await driver.run(body) }
+        let received = Mutex(0)
         let sources = [SIGINT, SIGTERM].map { sig in
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             source.setEventHandler {
-                driver.log.error("received \(sig == SIGINT ? "SIGINT" : "SIGTERM"); stopping the test")
-                task.cancel()
+                let name = sig == SIGINT ? "SIGINT" : "SIGTERM"
+                let count = received.withLock { n in n += 1; return n }
+                if count == 1 {
+                    driver.log.error("received \(name); stopping the test (again to kill everything at once)")
+                    task.cancel()
+                } else {
+                    driver.log.error("received \(name) again: killing every machine now")
+                    driver.log.close()
+                    Driver.killEverything()
+                    _exit(RunOutcome.interrupted.exitStatus)
+                }
             }
             source.resume()
             return source

@@ -1,10 +1,13 @@
 import Foundation
 import Glibc
 import Synchronization
+import VouchBackends
+import VouchGuest
+import VouchSupport
 
 /// Options for one run, as the CLI passes them.
 public struct RunOptions: Sendable {
-    /// Where the log, JUnit file, screenshots and copied files go.
+    /// Where the log, JUnit file, console logs and copied files go.
     public var outputDirectory: URL
     /// Where to write the JUnit XML report as well (it always goes to the output directory).
     public var junitXML: URL?
@@ -24,6 +27,8 @@ public struct RunOptions: Sendable {
     public var snapshotAfterBoot = false
     /// Where boot snapshots are cached (default `SnapshotCache.defaultRoot`).
     public var snapshotCacheDirectory: String?
+    /// The script's language, whose variables the node names must make (checked up front).
+    public var scriptLanguage: NodeNames.ScriptLanguage?
 
     /// Options with defaults for everything but the output directory.
     public init(outputDirectory: URL) {
@@ -53,7 +58,8 @@ public enum RunOutcome: Sendable, Equatable {
 ///
 /// `run` executes a script under the global timeout and always tears down,
 /// whether the script passed, failed, timed out or was cancelled (Ctrl-C):
-/// every machine process ends and the run directory is removed.
+/// every machine process ends and the run directory is removed, within
+/// `teardownLimit` seconds whatever the guests and VMMs do.
 public final class Driver: Sendable {
     @TaskLocal public static var current: Driver?
 
@@ -74,14 +80,31 @@ public final class Driver: Sendable {
     private let switches = Mutex<[VDESwitch]>([])
     /// The namespace holder's pid, for machines to enter (TAP networks).
     private let namespaceBox: NamespaceBox
+    private let outputLock: OutputLock
+    private let tornDown = Mutex(false)
+
+    /// Seconds teardown may take in all before every child is killed.
+    public static let teardownLimit = 5.0
 
     /// Validates `spec` and prepares the run; boots nothing.
-    /// - Throws: `VouchError.invalidSpec` / `.missingImage` before anything is started.
-    public init(spec: TestSpec, options: RunOptions) throws {
-        let plans = try spec.machines.map { try BackendFactory.plan(for: $0, accelerator: options.accelerator) }
+    /// - Throws: `.invalidSpec` / `.missingImage` / `.unsupported` before
+    ///   anything is started, and when another live run uses the output directory.
+    public init(spec: TestSpec, options: RunOptions) throws(VouchError) {
+        let plans = try spec.plans(accelerator: options.accelerator, script: options.scriptLanguage)
         let network = try NetworkPlan(machines: spec.machines.map { ($0.name, $0.vlans) })
         let fm = FileManager.default
-        try fm.createDirectory(at: options.outputDirectory, withIntermediateDirectories: true)
+        try vouching("cannot create the output directory \(options.outputDirectory.path)") {
+            try fm.createDirectory(at: options.outputDirectory, withIntermediateDirectories: true)
+        }
+        let lock = try OutputLock(directory: options.outputDirectory)
+        let runDirectory: String
+        do {
+            runDirectory = try Driver.makeRunDirectory(longestName: spec.machines.map(\.name.utf8.count).max() ?? 0)
+        } catch {
+            lock.release()
+            throw error
+        }
+        self.outputLock = lock
         self.spec = spec
         self.options = options
         self.log = TestLog(file: options.outputDirectory.appendingPathComponent("vouch.log"), quiet: options.quiet)
@@ -89,16 +112,16 @@ public final class Driver: Sendable {
         self.network = network
         let namespaceBox = NamespaceBox()
         self.namespaceBox = namespaceBox
-        let runDirectory = try Driver.makeRunDirectory()
         self.runDirectory = runDirectory
         let shared = runDirectory + "/shared-xchg"
-        try fm.createDirectory(atPath: shared, withIntermediateDirectories: true)
+        try? fm.createDirectory(atPath: shared, withIntermediateDirectories: true)
         var machines: [Machine] = []
         let cache = options.snapshotAfterBoot || spec.snapshotAfterBoot ? SnapshotCache(root: options.snapshotCacheDirectory) : nil
-        for (m, plan) in zip(spec.machines, plans) {
+        for (m, plan, provider) in plans {
+            let consoleFile = options.outputDirectory.appendingPathComponent("console-\(m.name).log")
             var context = MachineContext(
                 name: m.name, stateDirectory: runDirectory + "/vm-state-\(m.name)", sharedDirectory: shared,
-                log: log, console: Console(machine: m.name, log: log))
+                log: log, console: Console(machine: m.name, log: log, file: consoleFile))
             if let node = network.node(m.name) {
                 let tap = spec.network == .tap
                 let attachments = node.nics.map {
@@ -106,26 +129,33 @@ public final class Driver: Sendable {
                         nic: $0, switchDirectory: VDESwitch.socketDirectory(vlan: $0.vlan, runDirectory: runDirectory),
                         tap: tap ? NetworkNamespace.tapName(node: node.number, vlan: $0.vlan) : nil)
                 }
-                context.network = MachineNetwork(
+                var machineNetwork = MachineNetwork(
                     attachments: attachments, kernelParameters: network.kernelParameters(for: m.name, forwarding: true),
                     forwardingMAC: NetworkPlan.forwardingMAC(node: node.number))
                 if tap {
-                    context.network?.enterNamespace = { namespaceBox.value.withLock { $0?.enterArguments } }
+                    machineNetwork.enterNamespace = { namespaceBox.value.withLock { $0?.enterArguments } }
                 }
+                context.network = machineNetwork
             }
-            machines.append(Machine(context: context, outputDirectory: options.outputDirectory,
-                                    bootTimeout: m.bootTimeout, readyUnit: plan.readyUnit, snapshotCache: cache,
-                                    makeBackend: plan.make))
+            machines.append(Machine(context: context, backendName: m.backend, outputDirectory: options.outputDirectory,
+                                    bootTimeout: m.bootTimeout, readyUnit: plan.readyUnit, provider: provider,
+                                    snapshotCache: cache, makeBackend: plan.make))
         }
         self.machines = machines
+        Driver.live.withLock { $0[ObjectIdentifier(self)] = runDirectory }
+    }
+
+    deinit {
+        Driver.live.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(self)) }
+        outputLock.release()
     }
 
     /// The pid holding the test's network namespace (TAP networks, once running).
     var namespaceHolderPID: pid_t? { namespaceBox.value.withLock { $0?.pid } }
 
     /// The machine called `name`.
-    /// - Throws: `VouchError.invalidSpec` listing the machines that exist.
-    public func machine(_ name: String) throws -> Machine {
+    /// - Throws: `.invalidSpec` listing the machines that exist.
+    public func machine(_ name: String) throws(VouchError) -> Machine {
         guard let m = machines.first(where: { $0.name == name || $0.variableName == name }) else {
             throw VouchError(.invalidSpec, "no machine named '\(name)' (machines: \(machines.map(\.name).joined(separator: ", ")))")
         }
@@ -133,39 +163,42 @@ public final class Driver: Sendable {
     }
 
     /// Boots every machine concurrently and waits until all shells answer.
-    /// - Throws: the first machine's boot error (the others keep booting and
-    ///   are torn down with the run).
-    public func startAll() async throws {
-        try await log.nested("start all VMs") {
+    /// - Throws: the first machine's boot error; the others are stopped at once.
+    public func startAll() async throws(VouchError) {
+        try await log.nested("start all VMs") { () throws(VouchError) in
             let status = BootStatus(names: machines.map(\.name), log: log)
-            try await withThrowingTaskGroup(of: Void.self) { group in
+            let ticker = Task { await status.tick() }
+            defer { ticker.cancel(); status.clear() }
+            let failure = await withTaskGroup(of: VouchError?.self) { group -> VouchError? in
                 for machine in machines {
                     group.addTask {
-                        do {
+                        do throws(VouchError) {
                             try await machine.start()
                             status.done(machine.name)
+                            return nil
                         } catch {
                             status.failed(machine.name)
-                            throw error
+                            return error
                         }
                     }
                 }
-                let ticker = Task { await status.tick() }
-                defer { ticker.cancel(); status.clear() }
-                do {
-                    while try await group.next() != nil {}
-                } catch {
+                var first: VouchError?
+                for await result in group {
+                    guard let error = result else { continue }
                     // One machine cannot boot: stop the others now rather
                     // than after their own boot deadlines.
+                    if first == nil || first?.kind == .cancelled { first = error }
                     group.cancelAll()
-                    throw error
                 }
+                return first
             }
+            if let failure { throw failure }
         }
     }
 
     /// Runs `script` under the global timeout, then tears down.
-    /// Never throws: the outcome says how it ended, and is logged.
+    /// Never throws: the outcome says how it ended, and is logged; the log
+    /// and the JUnit report are written whatever happened.
     public func run(_ script: @escaping @Sendable (Driver) async throws -> Void) async -> RunOutcome {
         // A reader of our output going away (`vouch run | head`) must not kill
         // the driver before teardown: writes then fail and are dropped instead.
@@ -173,16 +206,21 @@ public final class Driver: Sendable {
         let timeout = options.globalTimeout ?? spec.globalTimeout
         let began = ContinuousClock.now
         let outcome: RunOutcome = await Driver.$current.withValue(self) {
-            do {
-                try await withDeadline(seconds: timeout) {
+            do throws(VouchError) {
+                let finished: Void? = try await withDeadline(seconds: timeout, grace: 1) { () throws(VouchError) in
                     try await self.startVLANs()
-                    try await Driver.$current.withValue(self) { try await script(self) }
+                    do {
+                        try await Driver.$current.withValue(self) { try await script(self) }
+                    } catch {
+                        throw VouchError.from(error, "the test script failed")
+                    }
+                }
+                guard finished != nil else {
+                    log.error("timeout reached; test terminating...")
+                    return .timedOut
                 }
                 return .passed
-            } catch is DeadlineExceeded {
-                log.error("timeout reached; test terminating...")
-                return .timedOut
-            } catch is CancellationError {
+            } catch where error.kind == .cancelled {
                 log.error("interrupted; tearing down")
                 return .interrupted
             } catch {
@@ -203,6 +241,7 @@ public final class Driver: Sendable {
         default: log.error("test failed (exit status \(outcome.exitStatus))")
         }
         log.close()
+        outputLock.release()
         return outcome
     }
 
@@ -222,11 +261,11 @@ public final class Driver: Sendable {
 
     /// Starts one switch per VLAN, concurrently (or, for TAP networks, the
     /// namespace with its bridges and every machine's TAP devices).
-    private func startVLANs() async throws {
+    private func startVLANs() async throws(VouchError) {
         let vlans = network.vlans
         guard !vlans.isEmpty else { return }
         if spec.network == .tap {
-            try await log.nested("create the TAP network for VLANs \(vlans.map(String.init).joined(separator: ", "))") {
+            try await log.nested("create the TAP network for VLANs \(vlans.map(String.init).joined(separator: ", "))") { () throws(VouchError) in
                 let ns = try await NetworkNamespace.create(vlans: vlans, userNamespace: options.userNamespaceNetwork, log: log)
                 namespaceBox.value.withLock { $0 = ns }
                 for node in network.nodes {
@@ -237,45 +276,99 @@ public final class Driver: Sendable {
             }
             return
         }
-        try await log.nested("start VLANs \(vlans.map(String.init).joined(separator: ", "))") {
-            try await withThrowingTaskGroup(of: VDESwitch.self) { group in
+        try await log.nested("start VLANs \(vlans.map(String.init).joined(separator: ", "))") { () throws(VouchError) in
+            let failure = await withTaskGroup(of: Result<VDESwitch, VouchError>.self) { group -> VouchError? in
                 for vlan in vlans {
-                    group.addTask { try await VDESwitch.start(vlan: vlan, runDirectory: self.runDirectory, log: self.log) }
+                    group.addTask {
+                        do throws(VouchError) {
+                            return .success(try await VDESwitch.start(vlan: vlan, runDirectory: self.runDirectory, log: self.log))
+                        } catch {
+                            return .failure(error)
+                        }
+                    }
                 }
-                for try await started in group { switches.withLock { $0.append(started) } }
+                var first: VouchError?
+                for await result in group {
+                    switch result {
+                    case .success(let started): switches.withLock { $0.append(started) }
+                    case .failure(let error): first = first ?? error
+                    }
+                }
+                return first
             }
+            if let failure { throw failure }
         }
     }
 
-    /// Stops every machine and removes the run directory (unless `-K`).
-    /// Runs in a fresh task so that a cancelled run still tears down fully.
+    /// Stops every machine and removes the run directory (unless `-K`), in
+    /// a fresh task so that a cancelled run still tears down fully. Graceful
+    /// first; what is still running after `teardownLimit` seconds is killed.
+    /// Safe to call twice.
     public func teardown() async {
+        guard tornDown.withLock({ done in defer { done = true }; return !done }) else { return }
+        let began = ContinuousClock.now
         await Task.detached { [self] in
             await log.nested("tearing down") {
-                let keep = options.keepState
-                await withTaskGroup(of: Void.self) { group in
-                    for m in machines { group.addTask { await m.release(keepState: keep) } }
+                let graceful: Void?? = try? await withDeadline(seconds: Driver.teardownLimit - 1, grace: 0.5) { () throws(VouchError) in
+                    await self.stopEverything()
                 }
-                let switches = switches.withLock { s in defer { s.removeAll() }; return s }
-                await withTaskGroup(of: Void.self) { group in
-                    for s in switches { group.addTask { await s.stop() } }
+                if graceful == nil || graceful! == nil {
+                    let killed = ChildProcess.killEverything()
+                    log.warning("teardown did not finish within \(formatSeconds(Driver.teardownLimit - 1)): killed \(killed) remaining process group(s)")
+                    // Give the kernel a moment to reap what was killed before the directory goes.
+                    try? await Task.sleep(for: .milliseconds(300))
                 }
-                if let ns = namespaceBox.value.withLock({ n in defer { n = nil }; return n }) { await ns.destroy() }
-                if keep {
+                if options.keepState {
                     log.log("kept machine state in \(runDirectory)")
                 } else {
                     try? FileManager.default.removeItem(atPath: runDirectory)
                 }
+                log.debug(String(format: "teardown took %.2f s", (ContinuousClock.now - began).seconds))
             }
         }.value
     }
 
-    static func makeRunDirectory() throws -> String {
+    private func stopEverything() async {
+        let keep = options.keepState
+        await withTaskGroup(of: Void.self) { group in
+            for m in machines { group.addTask { await m.release(keepState: keep) } }
+        }
+        let switches = switches.withLock { s in defer { s.removeAll() }; return s }
+        await withTaskGroup(of: Void.self) { group in
+            for s in switches { group.addTask { await s.stop() } }
+        }
+        if let ns = namespaceBox.value.withLock({ n in defer { n = nil }; return n }) { await ns.destroy() }
+    }
+
+    // MARK: - Run directories
+
+    /// Run directories of the drivers alive in this process, for the last
+    /// resort of a second Ctrl-C.
+    private static let live = Mutex<[ObjectIdentifier: String]>([:])
+
+    /// Kills every child process at once and removes every run directory:
+    /// what a second Ctrl-C does. Returns immediately.
+    public static func killEverything() {
+        ChildProcess.killEverything()
+        usleep(200_000)
+        for directory in live.withLock({ Array($0.values) }) { try? FileManager.default.removeItem(atPath: directory) }
+    }
+
+    /// A private run directory under `$XDG_RUNTIME_DIR` or `$TMPDIR` (or /tmp),
+    /// checked to leave room for the machines' socket paths.
+    /// - Throws: `.invalidSpec` when the paths would be too long for unix sockets.
+    static func makeRunDirectory(longestName: Int) throws(VouchError) -> String {
         let env = ProcessInfo.processInfo.environment
-        let base = env["XDG_RUNTIME_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? env["TMPDIR"] ?? "/tmp"
+        let base = env["XDG_RUNTIME_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? env["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        // vouch-PID-XXXXXX/vm-state-NAME/qmp is the longest socket path a run has.
+        let longest = base.utf8.count + "/vouch-\(getpid())-XXXXXX/vm-state-/qmp".utf8.count + longestName
+        guard longest <= UnixSocket.maxPathLength else {
+            throw VouchError(.invalidSpec, "socket paths under \(base) would have \(longest) bytes, more than unix sockets allow (\(UnixSocket.maxPathLength)): "
+                             + "set TMPDIR (or XDG_RUNTIME_DIR) to a shorter directory, or shorten the machine names")
+        }
         var template = Array("\(base)/vouch-\(getpid())-XXXXXX".utf8CString)
         guard let dir = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw VouchError(.other, "cannot create a run directory under \(base): \(SystemError("mkdtemp"))")
+            throw VouchError(.other, "cannot create a run directory under \(base)", cause: SystemCallError("mkdtemp \(base)/vouch-…"))
         }
         return String(cString: dir)
     }

@@ -1,20 +1,21 @@
 import Foundation
+import VouchBackends
+import VouchSupport
 
 extension Machine {
     /// Brings the machine up from its cached boot snapshot if there is a
     /// good one. Returns false for a cold boot, with the reason logged; after
     /// a failed restore `backend` is a fresh one, ready to boot.
-    /// - Throws: only if no fresh backend can be made.
-    func bootFromSnapshot(_ cache: SnapshotCache, began: ContinuousClock.Instant) async throws -> Bool {
-        guard let snapshotting = backend as? any SnapshottingBackend else {
-            log.warning("boot snapshot: the \(backend?.kind ?? "unknown") backend cannot snapshot; cold boot", machine: name)
+    func bootFromSnapshot(_ cache: SnapshotCache, began: ContinuousClock.Instant) async throws(VouchError) -> Bool {
+        guard let snapshotting = backend as? any Snapshotting else {
+            log.warning("boot snapshot: the \(backendName) backend cannot snapshot; cold boot", machine: name)
             return false
         }
         let key: String
         do {
             key = try await snapshotting.snapshotKey()
         } catch {
-            log.warning("boot snapshot: \(error); cold boot", machine: name)
+            log.warning("boot snapshot: \(error.message); cold boot", machine: name)
             return false
         }
         let directory: String
@@ -25,17 +26,22 @@ extension Machine {
         case .hit(let found):
             directory = found
         }
-        do {
-            let (restored, channel, info) = try await beginRestore(from: directory)
-            do { try await restored.resume() } catch { channel.close(); throw error }
-            try await finishRestore(channel, info: info)
+        do throws(VouchError) {
+            let restored = try await beginRestore(from: directory)
+            do { try await restored.backend.resume() } catch {
+                restored.channel.close()
+                throw error
+            }
+            try await finishRestore(restored)
+        } catch where error.kind == .cancelled {
+            throw error
         } catch {
             log.warning("boot snapshot: cannot restore \(directory) (\(error)); removed it, falling back to a cold boot", machine: name)
             cache.discard(directory)
             await backend?.stop(keepState: false)
             shell = nil
             booted = false
-            backend = try makeBackend(context)
+            backend = makeBackend(context)
             return false
         }
         let seconds = (ContinuousClock.now - began).seconds
@@ -48,16 +54,18 @@ extension Machine {
     /// e.g. multi-user.target), snapshots it into the cache and lets it run
     /// on. A failure is logged: the test goes on without a cached snapshot.
     func storeBootSnapshot(_ cache: SnapshotCache) async {
-        guard let snapshotting = backend as? any SnapshottingBackend else { return }
-        do {
+        guard let snapshotting = backend as? any Snapshotting else { return }
+        do throws(VouchError) {
             let key = try await snapshotting.snapshotKey()
             if let readyUnit { try await waitForUnit(readyUnit, timeout: bootTimeout) }
             let began = ContinuousClock.now
             let session = try await beginSnapshot()
             let directory: String
-            do {
+            do throws(VouchError) {
                 try await session.backend.pause()
-                directory = try await cache.store(key: key, machine: name) { try await self.writeSnapshot(session, to: $0) }
+                directory = try await cache.store(key: key, machine: name) { path throws(VouchError) in
+                    try await session.backend.saveSnapshot(to: path)
+                }
             } catch {
                 await endSnapshot(session)
                 throw error
@@ -65,6 +73,8 @@ extension Machine {
             await endSnapshot(session)
             log.log(String(format: "saved the boot snapshot %@ (%.2f s); later runs restore it", directory, (ContinuousClock.now - began).seconds),
                     machine: name)
+        } catch where error.kind == .cancelled {
+            log.debug("boot snapshot not saved: cancelled", machine: name)
         } catch {
             log.warning("boot snapshot: could not save one (\(error)); the next run boots cold again", machine: name)
         }

@@ -1,10 +1,12 @@
 import Foundation
+import VouchGuest
+import VouchSupport
 
 extension Machine {
     /// Runs `systemctl <query>`, as `user` (via their user manager) if given.
     /// - Returns: the status and output; a non-zero status is not an error here.
     @discardableResult
-    public func systemctl(_ query: String, user: String? = nil, file: String = #filePath, line: Int = #line) async throws -> CommandResult {
+    public func systemctl(_ query: String, user: String? = nil, file: String = #filePath, line: Int = #line) async throws(VouchError) -> CommandResult {
         try await execute(Self.systemctlCommand(query, user: user), file: file, line: line)
     }
 
@@ -16,10 +18,11 @@ extension Machine {
 
     /// `systemctl show UNIT` as a dictionary of properties.
     /// - Throws: `VouchError.commandFailed` if systemctl fails.
-    public func getUnitInfo(_ unit: String, user: String? = nil, file: String = #filePath, line: Int = #line) async throws -> [String: String] {
+    public func getUnitInfo(_ unit: String, user: String? = nil, file: String = #filePath, line: Int = #line) async throws(VouchError) -> [String: String] {
         let r = try await systemctl("--no-pager show \(shellQuote(unit))", user: user, file: file, line: line)
         guard r.status == 0 else {
-            throw VouchError(.commandFailed, "retrieving systemctl info for unit \(unit) failed", machine: name,
+            throw VouchError(.commandFailed, "retrieving systemctl info for unit \"\(unit)\"" + (user.map { " under user \"\($0)\"" } ?? "")
+                             + " failed with exit code \(r.status)", machine: name,
                              command: "systemctl show \(unit)", status: r.status, outputTail: tail(r.text),
                              location: .init(file: file, line: line))
         }
@@ -33,7 +36,7 @@ extension Machine {
 
     /// One property of a unit, e.g. `getUnitProperty("nginx.service", "MainPID")`.
     /// - Throws: `VouchError.commandFailed` if the property does not exist.
-    public func getUnitProperty(_ unit: String, _ property: String, user: String? = nil, file: String = #filePath, line: Int = #line) async throws -> String {
+    public func getUnitProperty(_ unit: String, _ property: String, user: String? = nil, file: String = #filePath, line: Int = #line) async throws(VouchError) -> String {
         let info = try await getUnitInfo(unit, user: user, file: file, line: line)
         guard let value = info[property] else {
             throw VouchError(.commandFailed, "unit \(unit) has no property \(property)", machine: name,
@@ -44,10 +47,10 @@ extension Machine {
 
     /// Throws unless the unit's ActiveState is `state`.
     /// - Throws: `VouchError.unitFailed` naming the actual state.
-    public func requireUnitState(_ unit: String, _ state: String = "active", user: String? = nil, file: String = #filePath, line: Int = #line) async throws {
+    public func requireUnitState(_ unit: String, _ state: String = "active", user: String? = nil, file: String = #filePath, line: Int = #line) async throws(VouchError) {
         let actual = try await getUnitProperty(unit, "ActiveState", user: user, file: file, line: line)
         guard actual == state else {
-            throw VouchError(.unitFailed, "expected unit \(unit) to be in state \(state), but it is \(actual)",
+            throw VouchError(.unitFailed, "Expected unit '\(unit)' to to be in state '\(state)' but it is in state '\(actual)'",
                              machine: name, location: .init(file: file, line: line))
         }
     }
@@ -58,26 +61,31 @@ extension Machine {
     /// pending (it will never start by itself). On timeout the error and the
     /// log show the unit's state, the failed units and the journal tail.
     /// - Throws: `VouchError.unitFailed` or `.timeout`.
-    public func waitForUnit(_ unit: String, user: String? = nil, timeout: Double = 900, file: String = #filePath, line: Int = #line) async throws {
+    public func waitForUnit(_ unit: String, user: String? = nil, timeout: Double = 900, file: String = #filePath, line: Int = #line) async throws(VouchError) {
         log.log("waiting for unit \(unit)" + (user.map { " of user \($0)" } ?? ""), machine: name)
         let location = SourceLocation(file: file, line: line)
         try await poll("unit \(unit) to become active", timeout: timeout, location: location,
-                       onTimeout: { await self.diagnostics() }) { _ in
+                       onTimeout: { await self.diagnostics() }) { _ throws(VouchError) in
             let info = try await self.getUnitInfo(unit, user: user, file: file, line: line)
             let state = info["ActiveState"] ?? "unknown"
             let sub = info["SubState"] ?? ""
+            if info["LoadState"] == "not-found" {
+                let why = info["LoadError"].map { " (\($0))" } ?? ""
+                throw VouchError(.unitFailed, "unit \"\(unit)\" does not exist: systemd found no unit file for it\(why)",
+                                 machine: self.name, location: location)
+            }
             switch state {
             case "active":
                 return .done
             case "failed":
-                throw VouchError(.unitFailed, "unit \(unit) reached state failed", machine: self.name,
+                throw VouchError(.unitFailed, "unit \"\(unit)\" reached state \"failed\"", machine: self.name,
                                  outputTail: await self.unitJournal(unit, user: user), location: location)
             case "inactive":
                 let jobs = try await self.systemctl("list-jobs --full 2>&1", user: user, file: file, line: line)
                 if jobs.text.contains("No jobs") {
                     let again = try await self.getUnitInfo(unit, user: user, file: file, line: line)
                     if again["ActiveState"] == "inactive" {
-                        throw VouchError(.unitFailed, "unit \(unit) is inactive and there are no pending jobs",
+                        throw VouchError(.unitFailed, "unit \"\(unit)\" is inactive and there are no pending jobs",
                                          machine: self.name, outputTail: await self.unitJournal(unit, user: user),
                                          location: location)
                     }
@@ -95,19 +103,19 @@ extension Machine {
 
     /// Starts a unit (`systemctl start`) and returns the result.
     @discardableResult
-    public func startJob(_ unit: String, user: String? = nil, file: String = #filePath, line: Int = #line) async throws -> CommandResult {
+    public func startJob(_ unit: String, user: String? = nil, file: String = #filePath, line: Int = #line) async throws(VouchError) -> CommandResult {
         try await systemctl("start \(shellQuote(unit))", user: user, file: file, line: line)
     }
 
     /// Stops a unit (`systemctl stop`) and returns the result.
     @discardableResult
-    public func stopJob(_ unit: String, user: String? = nil, file: String = #filePath, line: Int = #line) async throws -> CommandResult {
+    public func stopJob(_ unit: String, user: String? = nil, file: String = #filePath, line: Int = #line) async throws(VouchError) -> CommandResult {
         try await systemctl("stop \(shellQuote(unit))", user: user, file: file, line: line)
     }
 
     /// The last `lines` lines of the journal, of one unit if given.
     /// - Throws: `VouchError.commandFailed` if journalctl fails.
-    public func journal(unit: String? = nil, lines: Int = 30, file: String = #filePath, line: Int = #line) async throws -> String {
+    public func journal(unit: String? = nil, lines: Int = 30, file: String = #filePath, line: Int = #line) async throws(VouchError) -> String {
         var command = "journalctl --no-pager -n \(lines)"
         if let unit { command += " -u \(shellQuote(unit))" }
         return try await succeed(command, file: file, line: line)

@@ -1,4 +1,7 @@
 import Foundation
+import VouchBackends
+import VouchGuest
+import VouchSupport
 
 /// One machine under test, driven through its backdoor root shell.
 ///
@@ -9,150 +12,208 @@ public actor Machine {
     /// The node name from the spec.
     public nonisolated let name: String
     /// The name as a script variable (`a-b` becomes `a_b`).
-    public nonisolated var variableName: String { Machine.variableName(for: name) }
+    public nonisolated var variableName: String { NodeNames.variableName(for: name) }
+    /// The backend's name ("qemu", "nspawn", "ssh").
+    public nonisolated let backendName: String
 
     let context: MachineContext
     let outputDirectory: URL
     let bootTimeout: Double
     /// Unit that means "booted" (for images with systemd), or nil.
     public nonisolated let readyUnit: String?
-    let makeBackend: @Sendable (MachineContext) throws -> any Backend
+    let makeBackend: @Sendable (MachineContext) -> any Backend
+    let provider: (any BackendProvider)?
     /// Where boot snapshots are reused from (`--snapshot-after-boot`), or nil.
     let snapshotCache: SnapshotCache?
     var backend: (any Backend)?
     var shell: GuestShell?
-    private var booting: Task<Void, any Error>?
-    private var bootStarted: ContinuousClock.Instant?
+    private var booting: Task<Void, Never>?
+    private var bootResult: Result<Void, VouchError>?
     /// Whether the guest's shell is connected.
     public internal(set) var booted = false
     /// How long the last boot took to the first usable shell, in seconds.
     public internal(set) var lastBootSeconds: Double?
+    /// Whether a guest reboot resets the machine instead of ending it (`start(allowReboot:)`).
+    private var rebootAllowed = false
+    private var warnedPlainFraming = false
 
     var log: TestLog { context.log }
     var console: Console { context.console }
 
     init(
-        context: MachineContext, outputDirectory: URL, bootTimeout: Double, readyUnit: String?,
-        snapshotCache: SnapshotCache? = nil,
-        makeBackend: @escaping @Sendable (MachineContext) throws -> any Backend
+        context: MachineContext, backendName: String, outputDirectory: URL, bootTimeout: Double, readyUnit: String?,
+        provider: (any BackendProvider)? = nil, snapshotCache: SnapshotCache? = nil,
+        makeBackend: @escaping @Sendable (MachineContext) -> any Backend
     ) {
         self.name = context.name
+        self.backendName = backendName
         self.context = context
         self.outputDirectory = outputDirectory
         self.bootTimeout = bootTimeout
         self.readyUnit = readyUnit
+        self.provider = provider
         self.makeBackend = makeBackend
         self.snapshotCache = snapshotCache
-    }
-
-    /// Replaces characters that cannot appear in an identifier with `_`, and
-    /// a leading digit too, as nixpkgs does (`a-b` is `a_b`, `1a` is `_a`).
-    public static func variableName(for node: String) -> String {
-        var name = node.map { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") ? $0 : "_" }
-        if let first = name.first, first.isNumber { name[0] = "_" }
-        return String(name)
     }
 
     // MARK: - Lifecycle
 
     /// Boots the machine and waits until its root shell answers.
     /// Returns at once if it is already up; concurrent callers share one boot.
-    /// - Throws: `VouchError.bootFailed` with the console tail if the guest
-    ///   does not come up within the boot timeout or its process dies.
-    public func start() async throws {
-        if booted { return }
-        let task: Task<Void, any Error>
+    /// With `allowReboot`, a reboot inside the guest resets the machine
+    /// instead of ending it (nixpkgs' `start(allow_reboot=True)`).
+    /// - Throws: `.bootFailed` with the console tail if the guest does not
+    ///   come up within the boot timeout or its process dies; `.cancelled`.
+    public func start(allowReboot: Bool = false) async throws(VouchError) {
+        if allowReboot { rebootAllowed = true }
+        if booted {
+            if allowReboot { try await applyRebootPolicy() }
+            return
+        }
+        let task: Task<Void, Never>
         if let booting {
             task = booting
         } else {
-            task = Task { try await self.boot() }
+            bootResult = nil
+            task = Task { await self.bootOnce() }
             booting = task
         }
-        defer { if booting == task { booting = nil } }
         // The boot is shared by concurrent callers; any caller's cancellation
         // (Ctrl-C, a failed sibling in startAll) stops it.
-        try await withTaskCancellationHandler { try await task.value } onCancel: { task.cancel() }
+        await withTaskCancellationHandler { await task.value } onCancel: { task.cancel() }
+        if booting == task { booting = nil }
+        if Task.isCancelled, !booted { throw VouchError.cancelled("cancelled while booting", machine: name) }
+        switch bootResult {
+        case .failure(let error)?: throw error
+        case .success?, nil: return
+        }
     }
 
-    private func boot() async throws {
-        log.log("starting vm", machine: name)
+    private func bootOnce() async {
+        do throws(VouchError) {
+            try await boot()
+            bootResult = .success(())
+        } catch {
+            bootResult = .failure(error)
+        }
+    }
+
+    private func boot() async throws(VouchError) {
+        log.log("starting \(backendName == "qemu" ? "vm" : backendName + " machine")", machine: name)
         let began = ContinuousClock.now
-        bootStarted = began
         let firstBoot = lastBootSeconds == nil
-        var backend: any Backend
-        if let existing = self.backend, existing.exitStatus == nil {
-            backend = existing
-        } else {
-            if let old = self.backend { await old.stop(keepState: true) }
-            backend = try makeBackend(context)
-            self.backend = backend
+        context.health.reset()
+        if let old = backend, old.exitStatus != nil {
+            await old.stop(keepState: true)
+            backend = nil
         }
+        if backend == nil { backend = makeBackend(context) }
         if let snapshotCache, firstBoot {
-            if try await bootFromSnapshot(snapshotCache, began: began) { return }
-            backend = self.backend ?? backend
+            if try await bootFromSnapshot(snapshotCache, began: began) {
+                try await applyRebootPolicy()
+                return
+            }
         }
-        let channel = try await backend.start()
+        guard let backend else { return }
+        let deadline = Deadline(seconds: bootTimeout)
+        let channel: GuestChannel
+        do throws(VouchError) {
+            guard let started = try await withDeadline(seconds: bootTimeout, { () throws(VouchError) in try await backend.start() }) else {
+                throw await bootTimedOut(backend, what: "starting \(backend.kind)")
+            }
+            channel = started
+        } catch where error.kind == .cancelled {
+            throw error
+        } catch {
+            throw error.on(name)
+        }
         let shell = GuestShell(machine: name, channel: channel)
         log.debug("waiting for the backdoor banner", machine: name)
-        try await connect(shell, backend: backend, what: "boot")
+        try await connect(shell, backend: backend, until: deadline, what: "boot")
         self.shell = shell
         booted = true
         let seconds = (ContinuousClock.now - began).seconds
         lastBootSeconds = seconds
         log.log(String(format: "connected to the guest root shell (%.2f s after start)", seconds), machine: name)
+        await noteFraming(shell)
+        try await applyRebootPolicy()
         if let snapshotCache, firstBoot { await storeBootSnapshot(snapshotCache) }
     }
 
-    /// Waits for the banner and sets up the framing, within the boot timeout.
-    private func connect(_ shell: GuestShell, backend: any Backend, what: String) async throws {
+    private func applyRebootPolicy() async throws(VouchError) {
+        guard rebootAllowed, let power = backend as? any PowerControl else { return }
+        try await power.allowReboot(true)
+    }
+
+    private func noteFraming(_ shell: GuestShell) async {
+        guard await !shell.detectsLeftovers, !warnedPlainFraming else { return }
+        warnedPlainFraming = true
+        log.warning("the guest cannot make a FIFO (no writable /run, /dev/shm or /tmp, or no mkfifo): commands that leave processes writing to their output are not waited for", machine: name)
+    }
+
+    /// Waits for the banner and sets up the framing, until `deadline`.
+    func connect(_ shell: GuestShell, backend: any Backend, until deadline: Deadline, what: String) async throws(VouchError) {
         do {
-            try await withDeadline(seconds: bootTimeout) { try await shell.connect() }
-        } catch is DeadlineExceeded {
-            let consoleTail = console.tail(lines: 30)
-            let silent = consoleTail.isEmpty ? "; the serial console printed nothing" : ""
-            throw VouchError(.bootFailed, "the backdoor shell did not come up within \(formatSeconds(bootTimeout)) (\(what)\(silent))",
-                             machine: name, outputTail: consoleTail)
-        } catch let error as VouchError where error.kind == .machineDown {
-            let status = try? await withDeadline(seconds: 2) { try await backend.waitForExit() }
+            try await shell.connect(until: deadline)
+        } catch where error.kind == .timeout {
+            throw await bootTimedOut(backend, what: what)
+        } catch where error.kind == .machineDown {
+            if let fault = context.health.fault { throw fault }
+            let status = try? await backend.waitForExit(until: 2)
             let panic = console.panicLine.map { "; the guest kernel panicked: \($0)" } ?? ""
             throw VouchError(.bootFailed, "the guest went away during \(what)" + (status.map { " (\(backend.kind) \($0))" } ?? "") + panic,
-                             machine: name, outputTail: console.tail(lines: 30))
+                             machine: name, outputTail: console.tail(lines: 30), cause: error)
         }
     }
 
+    private func bootTimedOut(_ backend: any Backend, what: String) async -> VouchError {
+        let consoleTail = console.tail(lines: 30)
+        var notes: [String] = []
+        if consoleTail.isEmpty { notes.append("the serial console printed nothing") }
+        if let note = await backend.diagnose() { notes.append(note) }
+        return VouchError(.bootFailed, "the backdoor shell did not come up within \(formatSeconds(bootTimeout)) (\(what)"
+                          + notes.map { "; " + $0 }.joined() + ")", machine: name, outputTail: consoleTail)
+    }
+
     /// Powers the guest off cleanly and waits for its process to end.
-    /// - Throws: `VouchError.timeout` if it does not stop within `timeout`
-    ///   (it is then killed).
-    public func shutdown(timeout: Double = 120) async throws {
+    /// - Throws: `.timeout` if it does not stop within `timeout` (it is then
+    ///   killed); `.unsupported` where the backend has no power control.
+    public func shutdown(timeout: Double = 120) async throws(VouchError) {
         guard booted, let shell, let backend else { return }
-        try backend.check(.shutdown)
+        let power = try capability(PowerControl.self, .power, for: "shutdown")
+        try power.permit(.shutdown)
         log.log("shutting down", machine: name)
         await shell.markLost("the machine was shut down")
-        try await shell.sendUnframed("poweroff")
+        try await shell.sendUnframed("poweroff", until: Deadline(seconds: 10))
         booted = false
         self.shell = nil
-        do {
-            let status = try await withDeadline(seconds: timeout) { try await backend.waitForExit() }
+        if let status = try await backend.waitForExit(until: timeout) {
             log.log("powered off (\(backend.kind) \(status))", machine: name)
-        } catch is DeadlineExceeded {
-            await backend.stop(keepState: true)
-            throw VouchError(.timeout, "did not power off within \(formatSeconds(timeout)); killed it", machine: name,
-                             outputTail: console.tail())
+            return
         }
+        let note = await backend.diagnose()
+        await backend.stop(keepState: true)
+        throw VouchError(.timeout, "did not power off within \(formatSeconds(timeout))" + (note.map { " (\($0))" } ?? "") + "; killed it",
+                         machine: name, outputTail: console.tail())
     }
 
     /// Waits until the machine powers off by itself (it does not ask it to).
     /// Returns at once if it is not running.
-    /// - Throws: `VouchError.timeout` after `timeout` seconds.
-    public func waitForShutdown(timeout: Double = 900) async throws {
+    /// - Throws: `.timeout` after `timeout` seconds; `.machineDown` at once
+    ///   when its VMM reports a fault (a paused guest never powers off).
+    public func waitForShutdown(timeout: Double = 900) async throws(VouchError) {
         guard let backend, backend.exitStatus == nil else { return }
         log.log("waiting for the machine to power off", machine: name)
-        do {
-            let status = try await withDeadline(seconds: timeout) { try await backend.waitForExit() }
-            log.log("powered off (\(backend.kind) \(status))", machine: name)
-        } catch is DeadlineExceeded {
-            throw VouchError(.timeout, "did not power off within \(formatSeconds(timeout))", machine: name,
-                             outputTail: console.tail())
+        let deadline = Deadline(seconds: timeout)
+        while true {
+            try context.health.check()
+            if let status = try await backend.waitForExit(until: min(1, deadline.remaining)) {
+                log.log("powered off (\(backend.kind) \(status))", machine: name)
+                break
+            }
+            if deadline.hasPassed {
+                throw VouchError(.timeout, "did not power off within \(formatSeconds(timeout))", machine: name, outputTail: console.tail())
+            }
         }
         await shell?.markLost("the machine powered off")
         booted = false
@@ -160,121 +221,60 @@ public actor Machine {
     }
 
     /// Stops the machine abruptly, like pulling the power cord.
-    /// - Throws: `VouchError` from the backend's control channel.
-    public func crash() async throws {
-        guard let backend else { return }
-        try backend.check(.crash)
+    /// - Throws: `.unsupported` where the backend cannot; `VouchError` from its control channel.
+    public func crash() async throws(VouchError) {
+        guard backend != nil else { return }
+        let crashable = try capability(Crashable.self, .crash, for: "crash")
         log.log("simulating a crash", machine: name)
         await shell?.markLost("the machine crashed")
         booted = false
         shell = nil
-        try await backend.crash()
+        try await crashable.crash()
     }
 
     /// Reboots the guest and waits until its shell is back.
-    /// - Throws: `VouchError.bootFailed` if it does not come back within the boot timeout.
-    public func reboot() async throws {
+    /// - Throws: `.bootFailed` if it does not come back within the boot timeout.
+    public func reboot() async throws(VouchError) {
         try await start()
-        guard let backend, let shell else { return }
-        try backend.check(.reboot)
+        guard backend != nil, let shell else { return }
+        let power = try capability(PowerControl.self, .power, for: "reboot")
+        try power.permit(.reboot)
         log.log("rebooting", machine: name)
-        try await backend.allowReboot(true)
+        try await power.allowReboot(true)
         booted = false
-        try await shell.sendUnframed("reboot")
-        do {
-            try await connectAgain(shell, backend: backend)
+        do throws(VouchError) {
+            try await shell.sendUnframed("reboot", until: Deadline(seconds: 10))
+            context.health.reset()
+            do {
+                try await shell.reconnect(until: Deadline(seconds: bootTimeout))
+            } catch where error.kind == .timeout {
+                throw VouchError(.bootFailed, "did not come back from reboot within \(formatSeconds(bootTimeout))",
+                                 machine: name, outputTail: console.tail(lines: 30))
+            }
         } catch {
-            try? await backend.allowReboot(false)
+            if !rebootAllowed { try? await power.allowReboot(false) }
             throw error
         }
-        try await backend.allowReboot(false)
+        if !rebootAllowed { try await power.allowReboot(false) }
         booted = true
         log.log("back after reboot", machine: name)
     }
 
-    private func connectAgain(_ shell: GuestShell, backend: any Backend) async throws {
-        do {
-            try await withDeadline(seconds: bootTimeout) { try await shell.reconnect() }
-        } catch is DeadlineExceeded {
-            throw VouchError(.bootFailed, "did not come back from reboot within \(formatSeconds(bootTimeout))",
-                             machine: name, outputTail: console.tail(lines: 30))
-        }
-    }
-
-    /// The running backend, for extensions in other files (file copies).
-    var currentBackend: (any Backend)? { backend }
-
     /// Whether the guest's shell is connected and its process running.
     public func isUp() -> Bool {
-        booted && backend?.exitStatus == nil
-    }
-
-    /// Cuts every network link of the machine: other machines see it vanish.
-    /// - Throws: `VouchError.unsupported` where the backend cannot.
-    public func block() async throws {
-        try await start()
-        guard let backend else { return }
-        log.log("blocking the network links", machine: name)
-        try await backend.setLinks(up: false)
-    }
-
-    /// Restores the links `block()` cut.
-    /// - Throws: `VouchError.unsupported` where the backend cannot.
-    public func unblock() async throws {
-        try await start()
-        guard let backend else { return }
-        log.log("unblocking the network links", machine: name)
-        try await backend.setLinks(up: true)
-    }
-
-    /// Makes a TCP port of the guest reachable from the host, on 127.0.0.1
-    /// only. With `host` nil a free host port is chosen. Returns the host port.
-    /// - Throws: `VouchError.unsupported` for machines Vouch did not boot
-    ///   itself, `.other` if QEMU refuses (e.g. the port is taken).
-    @discardableResult
-    public func forwardPort(host: Int? = nil, guest: Int) async throws -> Int {
-        try await start()
-        guard let backend else { throw VouchError(.machineDown, "not started", machine: name) }
-        let hostPort = try host ?? LoopbackTCP.freePort()
-        log.log("forwarding 127.0.0.1:\(hostPort) to port \(guest)", machine: name)
-        try await backend.forwardPort(hostPort: hostPort, guestPort: guest)
-        return hostPort
-    }
-
-    /// Runs a QEMU monitor (HMP) command, e.g. `info status` or `device_add …`,
-    /// and returns its output (nixpkgs' `send_monitor_command`).
-    /// - Throws: `VouchError.unsupported` for backends other than QEMU,
-    ///   `.qmpError` if QEMU rejects it.
-    @discardableResult
-    public func sendMonitorCommand(_ command: String) async throws -> String {
-        try await start()
-        guard let backend else { throw VouchError(.machineDown, "not started", machine: name) }
-        log.log("monitor: \(command)", machine: name)
-        do {
-            return try await backend.monitorCommand(command)
-        } catch var error as VouchError {
-            error.machine = name
-            throw error
-        }
-    }
-
-    /// Sends a key combination to the guest, e.g. `sendKey("ctrl-alt-delete")`.
-    /// - Throws: `VouchError.unsupported` where the backend has no keyboard.
-    public func sendKey(_ combination: String) async throws {
-        guard let backend else { throw VouchError(.machineDown, "not started", machine: name) }
-        try await backend.sendKeys(combination.split(separator: "-").map(String.init))
+        booted && backend?.exitStatus == nil && context.health.fault == nil
     }
 
     /// Gives a user an interactive shell on the guest: `input` is what they
     /// type, `output` gets what the guest prints. Returns when that shell exits.
-    /// - Throws: `VouchError.machineDown` / `.protocolError` from the guest shell.
-    func shellInteract(input: ByteQueue, output: @escaping @Sendable ([UInt8]) -> Void) async throws {
+    /// - Throws: `.machineDown` / `.protocolError` from the guest shell.
+    func shellInteract(input: ByteQueue, output: @escaping @Sendable ([UInt8]) async -> Void) async throws(VouchError) {
         try await start()
         guard let shell else { throw VouchError(.machineDown, "the machine is not running", machine: name) }
         try await shell.interact(input: input, output: output)
     }
 
-    /// Releases the backend (teardown). Never throws.
+    /// Releases the backend (teardown). Never throws, and is bounded.
     func release(keepState: Bool) async {
         booting?.cancel()
         await shell?.markLost("the test run ended")
@@ -282,66 +282,111 @@ public actor Machine {
         shell = nil
         if let backend { await backend.stop(keepState: keepState) }
         backend = nil
+        console.close()
+    }
+
+    /// The backend as `capability`, or the error saying it has none.
+    func capability<C>(_ type: C.Type, _ capability: Capability, for operation: String) throws(VouchError) -> C {
+        guard let backend else { throw VouchError(.machineDown, "the machine is not running", machine: name) }
+        guard let adopted = backend as? C else {
+            let why = provider?.whyMissing(capability).map { ": \($0)" } ?? ""
+            throw VouchError(.unsupported, "\(operation) is not supported by the \(backend.kind) backend\(why)", machine: name)
+        }
+        return adopted
     }
 
     // MARK: - Commands
 
     /// Runs `command` in the guest's root shell (bash, `set -euo pipefail`,
-    /// stdin from /dev/null; stderr goes to the serial console log).
+    /// stdin from /dev/null; stderr goes to the serial console log). As in
+    /// nixpkgs, the answer waits until everything the command started has
+    /// closed its stdout (a warning is logged when it had to wait).
     /// - Returns: the exit status and stdout.
-    /// - Throws: `VouchError.timeout` after `timeout` seconds (the command is
-    ///   interrupted), `.machineDown` if the guest dies meanwhile.
+    /// - Throws: `.timeout` after `timeout` seconds, which include any wait
+    ///   for the shell (the command is interrupted), `.machineDown` if the
+    ///   guest dies or its VMM pauses it meanwhile, `.cancelled`.
     @discardableResult
     public func execute(
         _ command: String, timeout: Double = 900, file: String = #filePath, line: Int = #line
-    ) async throws -> CommandResult {
-        try await start()
-        guard let shell else { throw VouchError(.machineDown, "the machine is not running", machine: name, command: command) }
+    ) async throws(VouchError) -> CommandResult {
+        let location = SourceLocation(file: file, line: line)
         do {
-            return try await shell.run(command, timeout: timeout)
-        } catch var error as VouchError {
-            if error.kind == .machineDown { error = await machineDownError(error, command: command) }
-            throw error.at(SourceLocation(file: file, line: line))
+            try await start()
+        } catch {
+            throw error.at(location)
         }
+        // The boot has its own deadline; the command's starts now and covers any wait for the shell.
+        let deadline = Deadline(seconds: timeout)
+        guard let shell else {
+            throw VouchError(.machineDown, "the machine is not running", machine: name, command: command, location: location)
+        }
+        do {
+            let result = try await shell.run(command, until: deadline)
+            if result.waitedForLeftovers { warnLeftovers(command) }
+            return result
+        } catch where error.kind == .machineDown {
+            throw await machineDownError(error, command: command).at(location)
+        } catch where error.kind == .timeout {
+            var error = error
+            if let note = await backend?.diagnose() { error.message += "; \(note)" }
+            throw error.at(location)
+        } catch {
+            throw error.at(location)
+        }
+    }
+
+    private func warnLeftovers(_ command: String) {
+        log.warning("`\(command)`: the command exited, but a process it started kept its stdout open, so Vouch waited for it to close "
+                    + "(as nixpkgs does). To run something in the background, detach its output (`… >&2 &`, `… >/dev/null &`) "
+                    + "or start it with `systemd-run`.", machine: name)
     }
 
     /// Runs `command` with the Python driver's two-round-trip framing, to
     /// compare against Vouch's own in benchmarks. Not for tests.
-    @_spi(Benchmark)
-    public func executeTwoStep(_ command: String, timeout: Double = 900) async throws -> CommandResult {
+    @_spi(Benchmark) @discardableResult
+    public func executeTwoStep(_ command: String, timeout: Double = 900) async throws(VouchError) -> CommandResult {
         try await start()
         guard let shell else { throw VouchError(.machineDown, "the machine is not running", machine: name, command: command) }
-        return try await shell.runTwoStep(command, timeout: timeout)
+        return try await shell.runTwoStep(command, until: Deadline(seconds: timeout))
+    }
+
+    /// Runs `command` with the plain framing (no wait for leftovers), to
+    /// compare costs in benchmarks. Not for tests.
+    @_spi(Benchmark) @discardableResult
+    public func executePlain(_ command: String, timeout: Double = 900) async throws(VouchError) -> CommandResult {
+        try await start()
+        guard let shell else { throw VouchError(.machineDown, "the machine is not running", machine: name, command: command) }
+        return try await shell.run(command, until: Deadline(seconds: timeout), plain: true)
     }
 
     /// Runs each command, requiring exit status 0; returns their outputs concatenated.
-    /// - Throws: `VouchError.commandFailed` with the status and output tail.
+    /// - Throws: `.commandFailed` with the status and output tail.
     @discardableResult
     public func succeed(
         _ commands: String..., timeout: Double = 900, file: String = #filePath, line: Int = #line
-    ) async throws -> String {
+    ) async throws(VouchError) -> String {
         try await run(commands, expectingSuccess: true, timeout: timeout, location: .init(file: file, line: line))
     }
 
     /// Runs each command, requiring a non-zero exit status; returns their outputs concatenated.
-    /// - Throws: `VouchError.commandSucceeded` if one exits 0.
+    /// - Throws: `.commandSucceeded` if one exits 0.
     @discardableResult
     public func fail(
         _ commands: String..., timeout: Double = 900, file: String = #filePath, line: Int = #line
-    ) async throws -> String {
+    ) async throws(VouchError) -> String {
         try await run(commands, expectingSuccess: false, timeout: timeout, location: .init(file: file, line: line))
     }
 
-    private func run(_ commands: [String], expectingSuccess: Bool, timeout: Double, location: SourceLocation) async throws -> String {
+    private func run(_ commands: [String], expectingSuccess: Bool, timeout: Double, location: SourceLocation) async throws(VouchError) -> String {
         var output = ""
         for command in commands {
             log.log("must \(expectingSuccess ? "succeed" : "fail"): \(command)", machine: name)
             let result = try await execute(command, timeout: timeout, file: location.file, line: location.line)
             guard (result.status == 0) == expectingSuccess else {
                 throw expectingSuccess
-                    ? VouchError(.commandFailed, "command failed with exit status \(result.status)", machine: name,
+                    ? VouchError(.commandFailed, "command `\(command)` failed (exit code \(result.status))", machine: name,
                                  command: command, status: result.status, outputTail: tail(result.text), location: location)
-                    : VouchError(.commandSucceeded, "command succeeded but was expected to fail", machine: name,
+                    : VouchError(.commandSucceeded, "command `\(command)` unexpectedly succeeded", machine: name,
                                  command: command, status: 0, outputTail: tail(result.text), location: location)
             }
             output += result.text
@@ -351,11 +396,16 @@ public actor Machine {
 
     /// Turns a "connection closed" into what really happened to the guest.
     private func machineDownError(_ error: VouchError, command: String) async -> VouchError {
-        var error = error
         booted = false
         shell = nil
+        if let fault = context.health.fault {
+            var fault = fault
+            fault.command = command
+            return fault
+        }
+        var error = error
         if let backend {
-            let status = try? await withDeadline(seconds: 2) { try await backend.waitForExit() }
+            let status = try? await backend.waitForExit(until: 2)
             error.message = "the machine went away while running a command"
                 + (status.map { " (\(backend.kind) \($0))" } ?? "")
             if let panic = console.panicLine { error.message += "; the guest kernel panicked: \(panic)" }
@@ -366,6 +416,9 @@ public actor Machine {
     }
 }
 
-extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+extension Backend {
+    /// The exit status if the process ends within `seconds`, else nil.
+    func waitForExit(until seconds: Double) async throws(VouchError) -> ExitStatus? {
+        try await withDeadline(seconds: seconds, grace: 0.2) { () throws(VouchError) in try await self.waitForExit() }
+    }
 }

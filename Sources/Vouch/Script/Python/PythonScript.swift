@@ -1,6 +1,8 @@
 internal import CVouch
 import Foundation
 import Glibc
+import VouchBackends
+import VouchSupport
 
 /// A nixpkgs-style Python test script, run unchanged by the real Python 3
 /// interpreter against a Vouch `Driver`.
@@ -22,11 +24,10 @@ public struct PythonScript: Sendable {
     }
 
     /// Runs the script (or the session) to its end.
-    /// - Throws: `VouchError.assertionFailed` with the script's traceback when
-    ///   the script raises; `.spawnFailed` without Python or the
-    ///   `vouch_driver` package; `CancellationError` (the interpreter is
-    ///   killed first).
-    public func run(in driver: Driver) async throws {
+    /// - Throws: `.assertionFailed` with the script's traceback when the
+    ///   script raises; `.spawnFailed` without Python or the `vouch_driver`
+    ///   package; `.cancelled` (the interpreter is killed first).
+    public func run(in driver: Driver) async throws(VouchError) {
         let package = try Self.packageDirectory()
         let python = ProcessInfo.processInfo.environment["VOUCH_PYTHON"] ?? "python3"
         var environment = ProcessInfo.processInfo.environment
@@ -36,9 +37,12 @@ public struct PythonScript: Sendable {
         var arguments = ["-u", "-m", "vouch_driver", interactive ? "repl" : "run"]
         if let path { arguments.append(path.path) }
 
-        let (ours, theirs) = try UnixSocket.pair()
+        let (ours, theirs): (Int32, Int32)
+        do { (ours, theirs) = try UnixSocket.pair() } catch {
+            throw VouchError(.spawnFailed, "cannot create the Python bridge's socket pair", cause: error)
+        }
         let process: ChildProcess
-        do {
+        do throws(VouchError) {
             process = interactive
                 ? try ChildProcess(python, arguments, environment: environment, pipes: [], inheritedFD: theirs,
                                    standardStreams: (0, 1, 2), foreground: isatty(0) == 1)
@@ -57,36 +61,33 @@ public struct PythonScript: Sendable {
             driver.log.showSerialOnTerminal(false)
         }
         defer { if interactive { _ = vouch_take_terminal(0) } }
-        let status: ExitStatus = try await withTaskCancellationHandler {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                if let out = process.stdout { group.addTask { await forwardLines(out.queue) { driver.log.log($0) } } }
-                if let err = process.stderr { group.addTask { await forwardLines(err.queue) { server.noteStandardError($0) } } }
-                do {
-                    try await server.serve()
-                } catch {
-                    await process.terminate(grace: 1)
-                    throw error
-                }
-                // The interpreter closes the bridge as it exits; give it a moment to finish.
-                let status: ExitStatus
-                if let exited = try? await withDeadline(seconds: 10, { try await process.waitForExit() }) {
-                    status = exited
-                } else {
-                    status = await process.terminate(grace: 1)
-                }
-                kill(-process.pid, SIGKILL)  // stray children of the script would keep its output open
-                try await group.waitForAll()
-                return status
-            }
-        } onCancel: {
-            process.signal(SIGKILL)
+        let forwarders = [
+            process.stdout.map { out in Task { await forwardLines(out.queue) { driver.log.log($0) } } },
+            process.stderr.map { err in Task { await forwardLines(err.queue) { server.noteStandardError($0) } } },
+        ].compactMap { $0 }
+        do {
+            try await server.serve()
+        } catch {
+            await process.terminate(grace: 1)
+            for forwarder in forwarders { _ = try? await withDeadline(seconds: 1) { await forwarder.value } }
+            throw error
         }
+        // The interpreter closes the bridge as it exits; give it a moment to finish.
+        let status: ExitStatus
+        if let exited = try? await process.waitForExit(until: Deadline(seconds: 10)) {
+            status = exited
+        } else {
+            status = await process.terminate(grace: 1) ?? .signaled(SIGKILL)
+        }
+        // Stray children of the script would keep its output open.
+        await process.kill()
+        for forwarder in forwarders { _ = try? await withDeadline(seconds: 2) { await forwarder.value } }
         try server.outcome(status: status, script: path?.lastPathComponent ?? "the interactive session")
     }
 
     /// Parses `script` with the interpreter, without running it.
     /// - Throws: `VouchError.invalidSpec` with Python's message (file and line).
-    public static func checkSyntax(_ script: URL) async throws {
+    public static func checkSyntax(_ script: URL) async throws(VouchError) {
         let python = ProcessInfo.processInfo.environment["VOUCH_PYTHON"] ?? "python3"
         let (status, output) = try await ChildProcess.run(
             python, ["-c", "import ast, sys; ast.parse(open(sys.argv[1], encoding='utf-8').read(), sys.argv[1])", script.path])
@@ -98,7 +99,7 @@ public struct PythonScript: Sendable {
     /// Where the `vouch_driver` package is: `$VOUCH_PYTHON_PATH`, then
     /// `python/` next to libVouch.so (installed), then the source checkout's.
     /// - Throws: `VouchError.spawnFailed` listing where it looked.
-    static func packageDirectory() throws -> URL {
+    static func packageDirectory() throws(VouchError) -> URL {
         var candidates: [URL] = []
         if let env = ProcessInfo.processInfo.environment["VOUCH_PYTHON_PATH"], !env.isEmpty {
             candidates.append(URL(fileURLWithPath: env))
@@ -118,13 +119,11 @@ public struct PythonScript: Sendable {
 
 /// Calls `body` with each line from `queue` until it ends.
 func forwardLines(_ queue: ByteQueue, _ body: @Sendable (String) -> Void) async {
-    var pending: [UInt8] = []
+    var splitter = LineSplitter()
     while let chunk = try? await queue.next() {
-        pending.append(contentsOf: chunk)
-        while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-            body(String(decoding: pending[..<newline], as: UTF8.self))
-            pending.removeFirst(newline + 1)
-        }
+        splitter.append(chunk)
+        while let line = splitter.next() { body(String(decoding: line, as: UTF8.self)) }
     }
-    if !pending.isEmpty { body(String(decoding: pending, as: UTF8.self)) }
+    let rest = splitter.remainder
+    if !rest.isEmpty { body(String(decoding: rest, as: UTF8.self)) }
 }

@@ -1,0 +1,137 @@
+import VouchGuest
+import VouchSupport
+
+// What only some backends can do. A backend adopts the protocols it
+// implements for real; `Machine` looks a capability up with `as?` and,
+// when it is missing, throws one clear `.unsupported` error naming the
+// backend (plus the provider's explanation, `BackendProvider.whyMissing`).
+// A method here may still refuse for a reason of this machine's setup (a
+// start-script VM cannot be snapshotted), saying so.
+
+/// The names capabilities go by in messages and in `whyMissing`.
+package enum Capability: String, Sendable, CaseIterable {
+    case power = "power control"
+    case crash = "crash"
+    case links = "network links"
+    case portForwarding = "port forwarding"
+    case keys = "keyboard input"
+    case monitor = "a QEMU monitor"
+    case snapshots = "snapshots"
+    case files = "file transfer"
+}
+
+/// What `shutdown`, `reboot` and `crash` ask for, checked before anything changes.
+package enum PowerOperation: String, Sendable {
+    case shutdown, reboot
+}
+
+/// The guest may power off (`shutdown`) and reboot, and the backend follows.
+package protocol PowerControl: Backend {
+    /// Lets the next guest reboot reset the machine instead of ending it.
+    /// - Throws: `VouchError` from the control channel.
+    func allowReboot(_ allowed: Bool) async throws(VouchError)
+
+    /// Throws if this machine's setup forbids `operation` (an existing host
+    /// without permission), before `Machine` touches anything.
+    func permit(_ operation: PowerOperation) throws(VouchError)
+}
+
+extension PowerControl {
+    /// Permitted by default.
+    package func permit(_ operation: PowerOperation) throws(VouchError) {}
+}
+
+/// The machine can be stopped abruptly, like pulling the power cord.
+package protocol Crashable: Backend {
+    /// Stops the guest at once; returns when its process is gone.
+    /// - Throws: `VouchError` from the control channel (the process is gone either way).
+    func crash() async throws(VouchError)
+}
+
+/// The machine's network links can be cut and restored.
+package protocol LinkControl: Backend {
+    /// Cuts (`up == false`) or restores every network link of the machine.
+    func setLinks(up: Bool) async throws(VouchError)
+}
+
+/// A host TCP port can be made to reach a guest port.
+package protocol PortForwarding: Backend {
+    /// Makes `hostPort` on the host's loopback reach `guestPort` in the guest.
+    /// - Throws: `.other` with the cause when the port is taken or the VMM refuses.
+    func forwardPort(hostPort: Int, guestPort: Int) async throws(VouchError)
+}
+
+/// The guest has a keyboard the host can type on.
+package protocol KeyInput: Backend {
+    /// Sends a key combination, e.g. `["ctrl", "alt", "delete"]`.
+    func sendKeys(_ keys: [String]) async throws(VouchError)
+}
+
+/// The VMM has a QEMU human monitor.
+package protocol MonitorAccess: Backend {
+    /// Runs a monitor command (e.g. `info status`) and returns what it printed.
+    func monitorCommand(_ command: String) async throws(VouchError) -> String
+}
+
+/// Files can be copied between the host and the guest through the run's
+/// shared directory (live for VMs and containers, copied for remote hosts).
+package protocol FileTransfer: Backend {
+    /// Where the guest sees the host's shared directory.
+    var guestSharedDirectory: String { get }
+    /// Makes `item` (a name inside the shared directory) visible to the guest.
+    func pushShared(_ item: String) async throws(VouchError)
+    /// Brings `item` back from the guest into the host's shared directory.
+    func pullShared(_ item: String) async throws(VouchError)
+}
+
+extension FileTransfer {
+    /// VMs mount the share and containers bind-mount it here.
+    package var guestSharedDirectory: String { "/tmp/shared" }
+    /// A live share: nothing to copy.
+    package func pushShared(_ item: String) async throws(VouchError) {}
+    /// A live share: nothing to copy.
+    package func pullShared(_ item: String) async throws(VouchError) {}
+}
+
+/// The running guest can be saved and brought back later, any number of times.
+///
+/// The steps are separate so that several machines can be paused together
+/// before any is saved, and resumed together after all are restored:
+/// `prepareSnapshot` (guest commands) → shell held → `pause` → `saveSnapshot`
+/// → `resume` → shell released → `commandsAfterResume`. A restore is
+/// `restoreSnapshot` (paused) → `resume` → `commandsAfterResume`.
+package protocol Snapshotting: Backend {
+    /// Gets the guest ready to be saved, through its shell (QEMU takes the
+    /// guest's 9p mounts down: it cannot migrate them).
+    /// - Throws: `VouchError` saying what in the guest is in the way.
+    func prepareSnapshot(_ shell: GuestShell) async throws(VouchError)
+
+    /// Freezes the guest's CPUs and devices.
+    func pause() async throws(VouchError)
+
+    /// Lets a paused (or just restored) guest run again.
+    func resume() async throws(VouchError)
+
+    /// Writes the paused guest's complete state (devices, RAM, disks, and
+    /// what `prepareSnapshot` changed) into the existing, empty `directory`.
+    /// The guest stays paused.
+    func saveSnapshot(to directory: String) async throws(VouchError)
+
+    /// Replaces the running guest with the one saved in `directory`, paused,
+    /// and returns the channel to its (still running) backdoor shell.
+    /// - Throws: `.bootFailed` with the reason when the snapshot cannot be
+    ///   loaded; the machine is then down.
+    func restoreSnapshot(from directory: String) async throws(VouchError) -> GuestChannel
+
+    /// Guest commands that undo `prepareSnapshot` once the guest runs again,
+    /// after a save (`directory` nil) or a restore from `directory`. `Machine`
+    /// runs them in one go (with the clock reset after a restore): each exec
+    /// in a freshly restored TCG guest is slow.
+    func commandsAfterResume(restoredFrom directory: String?) -> [String]
+
+    /// Everything outside the snapshot that a restored guest depends on
+    /// (images, command line, memory, VMM version...), one fact per line,
+    /// without per-run paths. Equal keys mean a snapshot can be reused.
+    /// - Throws: `.unsupported` where snapshots cannot be reused.
+    func snapshotKey() async throws(VouchError) -> String
+}
