@@ -154,8 +154,7 @@ package actor GuestShell {
         defer { lock.release() }
         if let lost { throw VouchError(.protocolError, "the guest shell is unusable: \(lost)", machine: machine) }
         let nonce = nextNonce()
-        try await send(Array("stty sane 2>/dev/null; bash -i 2>&1; stty raw -echo 2>/dev/null; ".utf8)
-            + ShellFraming.setupScript(nonce: nonce), until: Deadline(seconds: 10))
+        try await send(ShellFraming.interactiveLine(nonce: nonce), until: Deadline(seconds: 10))
         let channel = self.channel
         let relay = Task {
             while let bytes = try? await input.next() { try? await channel.send(bytes, Deadline(seconds: 10)) }

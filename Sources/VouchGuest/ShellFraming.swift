@@ -47,7 +47,20 @@ package enum ShellFraming {
     /// being run. The shell itself traps both, so it survives an interrupt.
     /// Its answer's flag says whether leftovers are detected (`f`) or not (`p`).
     package static func setupScript(nonce: String) -> [UInt8] {
-        Array((setup + "__vouch_fifo && printf '\\036VOUCH:%s:0:f\\n' \(nonce) || printf '\\036VOUCH:%s:0:p\\n' \(nonce)\n").utf8)
+        Array((ttySettings + "; trap '__vouch_i=1' INT QUIT\n" + setup
+               + "__vouch_fifo && printf '\\036VOUCH:%s:0:f\\n' \(nonce) || printf '\\036VOUCH:%s:0:p\\n' \(nonce)\n").utf8)
+    }
+
+    /// The tty settings the framing relies on: ^C and ^\ signal the running
+    /// command, nothing suspends it, output is never flushed or stopped.
+    package static let ttySettings = #"stty isig intr '^C' quit '^\' susp undef noflsh -tostop 2>/dev/null"#
+
+    /// One line that gives the user an interactive `bash -i` on the console
+    /// (cooked tty), then restores the framing's raw tty and answers `nonce`.
+    /// One line, because whatever follows it in the tty's input would be read
+    /// by the interactive shell.
+    package static func interactiveLine(nonce: String) -> [UInt8] {
+        Array("stty sane 2>/dev/null; bash -i 2>&1; stty raw -echo 2>/dev/null; \(ttySettings); printf '\\036VOUCH:%s:0\\n' \(nonce)\n".utf8)
     }
 
     // The functions, in bash. Names start with __vouch_ so commands cannot
@@ -63,7 +76,6 @@ package enum ShellFraming {
     //   interrupted, kill them). A FIFO still held is replaced.
     // - __vouch_plain: the framing without detection.
     private static let setup = #"""
-        stty isig intr '^C' quit '^\' susp undef noflsh -tostop 2>/dev/null; trap '__vouch_i=1' INT QUIT
         __vouch_n=0 __vouch_F= __vouch_r= __vouch_d= __vouch_nofifo=
         __vouch_fifo() {
           [ -z "$__vouch_nofifo" ] || return 1

@@ -94,11 +94,11 @@ final class CLITests {
         let junit = dir.appendingPathComponent("report.xml")
         let (status, output) = try await runCLI(["run", spec, "--script", script, "-o", out.path, "--junit-xml", junit.path])
         #expect(status == 1)
-        #expect(output.contains("fails.swift:3: machine: command failed with exit status 4"), "\(output)")
+        #expect(output.contains("fails.swift:3: machine: command `echo visible-output; exit 4` failed (exit code 4)"), "\(output)")
         #expect(output.contains("visible-output"))
         let xml = try String(contentsOf: junit, encoding: .utf8)
         #expect(xml.contains(#"tests="2" failures="1""#), "\(xml)")
-        #expect(xml.contains("exit status 4"))
+        #expect(xml.contains("exit code 4"))
         let log = try String(contentsOf: out.appendingPathComponent("vouch.log"), encoding: .utf8)
         #expect(log.contains("subtest: fails"))
     }

@@ -47,7 +47,7 @@ struct PythonCompatTests {
         let (status, output, out) = try await run("one-node.json", "failing.py")
         defer { try? FileManager.default.removeItem(at: out) }
         #expect(status == 1)
-        #expect(output.contains("failing.py:6: failing.py failed: RequestedAssertionFailed: solo: command failed with exit status 4"), "\(output.suffix(3000))")
+        #expect(output.contains("failing.py:6: failing.py failed: RequestedAssertionFailed: solo: command `echo visible-output; exit 4` failed (exit code 4)"), "\(output.suffix(3000))")
         #expect(output.contains("| visible-output"))
         #expect(!output.contains("never reached"))
         let junit = try String(contentsOf: out.appendingPathComponent("junit.xml"), encoding: .utf8)

@@ -4,7 +4,7 @@ The interpreter only relays calls; Vouch boots the machines and runs every
 command.  See `python -m vouch_driver --help`.
 """
 
-from .bridge import NotSupportedByVouch, RequestedAssertionFailed, VouchError
+from .bridge import MachineError, NotSupportedByVouch, RequestedAssertionFailed, VouchError
 from .machine import Machine
 
-__all__ = ["Machine", "NotSupportedByVouch", "RequestedAssertionFailed", "VouchError"]
+__all__ = ["Machine", "MachineError", "NotSupportedByVouch", "RequestedAssertionFailed", "VouchError"]

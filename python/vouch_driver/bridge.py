@@ -4,8 +4,13 @@ Vouch starts this interpreter with one end of a socket pair as file
 descriptor 3 (``VOUCH_BRIDGE_FD``).  Every request is one JSON line
 ``{"id", "call", "machine"?, "args", "where"?}``; every answer is one JSON
 line ``{"id", "result"}`` or ``{"id", "error": {"kind", "message"}}``.
-All real work (booting, commands, waits, logging) happens in Vouch; this
-side only translates nixpkgs-style calls into requests.
+
+The calls, their arguments and the error kinds are Vouch's table
+(``BridgeTable`` on the Swift side), which this side receives in the
+answer to ``hello``: every request is checked against it before it is
+sent, so a call Vouch does not know, a missing argument or one of the
+wrong type is a bug found here, never a silent default there.  All real
+work (booting, commands, waits, logging) happens in Vouch.
 """
 
 import json
@@ -32,6 +37,11 @@ class RequestedAssertionFailed(VouchError):
     unit that failed), as opposed to the machinery breaking."""
 
 
+class MachineError(VouchError):
+    """A machine could not do what was asked: it would not boot, went away,
+    or its VMM refused."""
+
+
 class NotSupportedByVouch(VouchError, NotImplementedError):
     """The nixpkgs driver has this, Vouch does not (yet)."""
 
@@ -39,7 +49,48 @@ class NotSupportedByVouch(VouchError, NotImplementedError):
         super().__init__("unsupported", f"{why}: {name}")
 
 
-_ASSERTION_KINDS = {"commandFailed", "commandSucceeded", "timeout", "unitFailed", "assertionFailed"}
+class BridgeContractError(TypeError):
+    """A request that Vouch's table does not allow: a bug in this package."""
+
+
+_CLASSES = {
+    "RequestedAssertionFailed": RequestedAssertionFailed,
+    "MachineError": MachineError,
+    "VouchError": VouchError,
+}
+
+_TYPES = {
+    "string": lambda v: isinstance(v, str),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "bool": lambda v: isinstance(v, bool),
+    "strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+}
+
+
+def check_request(table, method, machine, args):
+    """Raises BridgeContractError unless the table allows this request."""
+    calls = table["calls"]
+    if method not in calls:
+        raise BridgeContractError(f"vouch_driver: Vouch has no call {method!r}")
+    call = calls[method]
+    if (call["scope"] == "machine") != (machine is not None):
+        raise BridgeContractError(f"vouch_driver: {method} is a {call['scope']} call")
+    expected = call["args"]
+    for name in args:
+        if name not in expected:
+            raise BridgeContractError(f"vouch_driver: {method} has no argument {name!r} (arguments: {', '.join(sorted(expected))})")
+    for name, spec in expected.items():
+        if name not in args:
+            raise BridgeContractError(f"vouch_driver: {method}: missing argument {name!r}")
+        value = args[name]
+        if value is None:
+            if not spec["nullable"]:
+                raise BridgeContractError(f"vouch_driver: {method}: argument {name!r} cannot be None")
+        elif not _TYPES[spec["type"]](value):
+            raise BridgeContractError(
+                f"vouch_driver: {method}: argument {name!r} must be {spec['type']}, got {type(value).__name__} {value!r}")
+
 
 _script_path = None
 
@@ -69,14 +120,29 @@ class Bridge:
         self._reader = self._sock.makefile("rb")
         self._lock = threading.Lock()
         self._next_id = 0
+        self.table = None
+
+    def hello(self):
+        """The first call: the run's facts, and the table every later call is checked against."""
+        facts = self._exchange("hello", None, {})
+        self.table = facts["table"]
+        return facts
 
     def call(self, method, /, machine=None, **args):
         """Sends one request and waits for its answer.
 
-        Raises VouchError (or RequestedAssertionFailed) with Vouch's full
-        message when the call fails.  Ctrl-C while waiting asks Vouch to
-        cancel the call and raises KeyboardInterrupt once it has stopped.
+        Raises the table's exception class for the error kind (nixpkgs'
+        RequestedAssertionFailed for failed commands and waits, MachineError
+        for machines that went away) with Vouch's full message.  Ctrl-C while
+        waiting asks Vouch to cancel the call and raises KeyboardInterrupt
+        once it has stopped.
         """
+        if self.table is None:
+            raise BridgeContractError("vouch_driver: call hello() first")
+        check_request(self.table, method, machine, args)
+        return self._exchange(method, machine, args)
+
+    def _exchange(self, method, machine, args):
         request = {"call": method, "args": args}
         if machine is not None:
             request["machine"] = machine
@@ -97,7 +163,7 @@ class Bridge:
                         self._send({"interrupt": True})
                     continue
                 if not line:
-                    raise VouchError("protocolError", "the Vouch process closed the bridge")
+                    raise MachineError("protocolError", "the Vouch process closed the bridge")
                 answer = json.loads(line)
                 if answer.get("id") != request["id"]:
                     continue
@@ -106,12 +172,17 @@ class Bridge:
             raise KeyboardInterrupt
         error = answer.get("error")
         if error is not None:
-            kind = error.get("kind", "other")
-            if kind == "unsupported":
-                raise NotSupportedByVouch(method, error.get("message", "not supported"))
-            cls = RequestedAssertionFailed if kind in _ASSERTION_KINDS else VouchError
-            raise cls(kind, error.get("message", "unknown error"))
+            raise self.exception(method, error.get("kind", "other"), error.get("message", "unknown error"))
         return answer.get("result")
+
+    def exception(self, method, kind, message):
+        """The Python exception for a Vouch error of `kind`."""
+        name = (self.table or {}).get("errors", {}).get(kind, "VouchError")
+        if name == "NotSupportedByVouch":
+            return NotSupportedByVouch(method, message.split(": ", 1)[-1] if message.startswith("not supported yet") else message)
+        if name == "KeyboardInterrupt":
+            return KeyboardInterrupt(message)
+        return _CLASSES.get(name, VouchError)(kind, message)
 
     def _send(self, message):
         data = (json.dumps(message) + "\n").encode()

@@ -16,7 +16,7 @@ from .bridge import bridge
 
 
 def shell_interact(machine):
-    path = bridge().call("shell_interact", machine=machine.name)
+    path = bridge().call("shell_interact", machine_name=machine.name)
     stream = bridge().socket_path_stream(path)
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd) if os.isatty(fd) else None
@@ -42,4 +42,4 @@ def shell_interact(machine):
         stream.close()
         sys.stdout.write("\n")
         sys.stdout.flush()
-    bridge().call("shell_interact_done", machine=machine.name)
+    bridge().call("shell_interact_done", machine_name=machine.name)

@@ -53,7 +53,7 @@ class Machine:
         return bridge().call("is_up", machine=self.name)
 
     def log(self, msg):
-        bridge().call("log", message=str(msg), machine_name=self.name)
+        bridge().call("log", message=str(msg), level="info", machine_name=self.name)
 
     def nested(self, msg, attrs=None):
         from .symbols import _Nested
@@ -62,6 +62,7 @@ class Machine:
     # -- lifecycle -----------------------------------------------------------
 
     def start(self, allow_reboot=False):
+        """Boots the machine; with allow_reboot, a reboot in the guest resets it instead of ending it."""
         self._call("start", allow_reboot=bool(allow_reboot))
 
     def shutdown(self):
@@ -92,10 +93,10 @@ class Machine:
         return (status, output)
 
     def succeed(self, *commands, timeout=None):
-        return self._call("succeed", commands=list(commands), timeout=timeout)
+        return self._call("succeed", commands=[str(c) for c in commands], timeout=timeout)
 
     def fail(self, *commands, timeout=None):
-        return self._call("fail", commands=list(commands), timeout=timeout)
+        return self._call("fail", commands=[str(c) for c in commands], timeout=timeout)
 
     def wait_until_succeeds(self, command, timeout=900):
         return self._call("wait_until_succeeds", command=command, timeout=timeout)
@@ -104,7 +105,7 @@ class Machine:
         return self._call("wait_until_fails", command=command, timeout=timeout)
 
     def sleep(self, secs):
-        self._call("sleep", seconds=secs)
+        self._call("sleep", seconds=float(secs))
 
     # -- waits ---------------------------------------------------------------
 
@@ -180,7 +181,7 @@ class Machine:
         self._call("unblock")
 
     def forward_port(self, host_port=8080, guest_port=80):
-        return self._call("forward_port", host_port=host_port, guest_port=guest_port)
+        return self._call("forward_port", host_port=None if host_port is None else int(host_port), guest_port=int(guest_port))
 
     def send_key(self, key, delay=0.01, log=True):
         self._call("send_key", key=key)

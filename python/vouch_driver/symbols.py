@@ -1,6 +1,7 @@
 """The globals a nixpkgs test script sees, built on the Vouch bridge."""
 
 import os
+import pathlib
 import time
 import unittest
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ class _Nested:
         self.subtest = subtest
 
     def __enter__(self):
-        bridge().call("begin_section", title=self.title, machine_name=self.machine, subtest=self.subtest)
+        bridge().call("begin_section", title=self.title, machine_name=self.machine, subtest=bool(self.subtest))
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -34,15 +35,15 @@ class Log:
     """nixpkgs' `log` object: messages and nested sections in Vouch's log."""
 
     def log(self, message, attributes=None):
-        bridge().call("log", message=str(message))
+        bridge().call("log", message=str(message), level="info", machine_name=None)
 
     info = log
 
     def warning(self, message, attributes=None):
-        bridge().call("log", message=str(message), level="warning")
+        bridge().call("log", message=str(message), level="warning", machine_name=None)
 
     def error(self, message, attributes=None):
-        bridge().call("log", message=str(message), level="error")
+        bridge().call("log", message=str(message), level="error", machine_name=None)
 
     def log_test_error(self, message, attributes=None):
         self.error(message)
@@ -135,7 +136,14 @@ class VLan:
 
     def __init__(self, nr, info):
         self.nr = nr
-        self.socket_dir = info.get("socketDirectory")
+        self._socket_dir = info.get("socketDirectory")
+
+    @property
+    def socket_dir(self):
+        """The VLAN's vde_switch socket directory (VDE networks only)."""
+        if self._socket_dir is None:
+            raise NotSupportedByVouch("VLan.socket_dir", "a TAP network (\"network\": \"tap\") has no VDE switch")
+        return pathlib.Path(self._socket_dir)
 
     def __repr__(self):
         return f"<VLan {self.nr}>"

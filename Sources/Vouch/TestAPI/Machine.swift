@@ -118,7 +118,9 @@ public actor Machine {
         let deadline = Deadline(seconds: bootTimeout)
         let channel: GuestChannel
         do throws(VouchError) {
-            guard let started = try await withDeadline(seconds: bootTimeout, { () throws(VouchError) in try await backend.start() }) else {
+            // A little past the boot deadline: a backend that watches its own start (a start script's
+            // contract) reports what went wrong itself, which says more than a plain timeout.
+            guard let started = try await withDeadline(seconds: bootTimeout + 3, { () throws(VouchError) in try await backend.start() }) else {
                 throw await bootTimedOut(backend, what: "starting \(backend.kind)")
             }
             channel = started
