@@ -21,7 +21,7 @@ extension Bench {
             let began = ContinuousClock.now
             // 100-byte lines of text, straight to the serial console.
             let line = String(repeating: "vouch-console-flood-", count: 5).prefix(99)
-            try await m.succeed("yes \(line) | head -c \(megabytes * 1_000_000) > /dev/ttyS0", timeout: 3600)
+            try await m.succeed("awk 'BEGIN { for (i = 0; i < \(megabytes * 10_000); i++) print \"\(line)\" }' > /dev/ttyS0", timeout: 3600)
             result.seconds = (ContinuousClock.now - began).seconds
             result.cpu = cpuSeconds() - cpu
             result.rssAfter = memoryField("VmRSS") ?? 0

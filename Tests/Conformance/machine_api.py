@@ -10,9 +10,12 @@ import tempfile
 assert web_server.name == "web-server"
 assert [m.name for m in machines] == ["web-server", "client"] or sorted(m.name for m in machines) == ["client", "web-server"]
 assert vlan1.nr == 1 and [v.nr for v in vlans] == [1]
+# A VDE network: the switch's socket directory, as nixpkgs' VLan has it.
+assert vlan1.socket_dir.is_dir() and vlan1.socket_dir.name == "vde1.ctl", vlan1.socket_dir
 assert not client.booted
 
 with subtest("lazy boot and commands"):
+    client.start(allow_reboot=True)  # a guest reboot resets the machine instead of ending it
     out = client.succeed("echo one", "echo two")  # several commands, outputs joined
     t.assertEqual(out, "one\ntwo\n")
     assert client.booted and client.is_up()
@@ -29,6 +32,9 @@ with subtest("lazy boot and commands"):
     except Exception as e:
         assert "timed out" in str(e), str(e)
     t.assertEqual(client.succeed("echo still in sync"), "still in sync\n")
+    # Output of a background process belongs to the command that started it (nixpkgs' semantics).
+    t.assertEqual(client.succeed("(sleep 1; echo LATE) &"), "LATE\n")
+    t.assertEqual(client.succeed("echo hi"), "hi\n")
 
 with subtest("waits"):
     client.succeed("(sleep 2; touch /tmp/ready) >/dev/null 2>&1 &")

@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import VouchSupport
 
 /// Collects one test case per subtest (plus one for the script as a whole)
 /// and writes them as JUnit XML, the format CI systems read.
@@ -55,9 +56,9 @@ public final class JUnitReport: Sendable {
     }
 
     /// Writes the XML to `url`.
-    /// - Throws: the file system error if it cannot be written.
-    public func write(to url: URL) throws {
-        try xml().write(to: url, atomically: true, encoding: .utf8)
+    /// - Throws: `.other` with the file system's error as the cause.
+    public func write(to url: URL) throws(VouchError) {
+        try vouching("cannot write the JUnit report to \(url.path)") { try xml().write(to: url, atomically: true, encoding: .utf8) }
     }
 
     private func escape(_ s: String) -> String {

@@ -27,6 +27,8 @@ public struct RunOptions: Sendable {
     public var snapshotAfterBoot = false
     /// Where boot snapshots are cached (default `SnapshotCache.defaultRoot`).
     public var snapshotCacheDirectory: String?
+    /// Where the run's private directory goes (default `$XDG_RUNTIME_DIR`, else `$TMPDIR`, else /tmp).
+    public var temporaryDirectory: String?
     /// The script's language, whose variables the node names must make (checked up front).
     public var scriptLanguage: NodeNames.ScriptLanguage?
 
@@ -99,7 +101,7 @@ public final class Driver: Sendable {
         let lock = try OutputLock(directory: options.outputDirectory)
         let runDirectory: String
         do {
-            runDirectory = try Driver.makeRunDirectory(longestName: spec.machines.map(\.name.utf8.count).max() ?? 0)
+            runDirectory = try Driver.makeRunDirectory(in: options.temporaryDirectory, longestName: spec.machines.map(\.name.utf8.count).max() ?? 0)
         } catch {
             lock.release()
             throw error
@@ -357,9 +359,10 @@ public final class Driver: Sendable {
     /// A private run directory under `$XDG_RUNTIME_DIR` or `$TMPDIR` (or /tmp),
     /// checked to leave room for the machines' socket paths.
     /// - Throws: `.invalidSpec` when the paths would be too long for unix sockets.
-    static func makeRunDirectory(longestName: Int) throws(VouchError) -> String {
+    static func makeRunDirectory(in parent: String?, longestName: Int) throws(VouchError) -> String {
         let env = ProcessInfo.processInfo.environment
-        let base = env["XDG_RUNTIME_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? env["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        let base = parent ?? env["XDG_RUNTIME_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? env["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        removeAbandonedRunDirectories(in: base)
         // vouch-PID-XXXXXX/vm-state-NAME/qmp is the longest socket path a run has.
         let longest = base.utf8.count + "/vouch-\(getpid())-XXXXXX/vm-state-/qmp".utf8.count + longestName
         guard longest <= UnixSocket.maxPathLength else {
@@ -371,6 +374,21 @@ public final class Driver: Sendable {
             throw VouchError(.other, "cannot create a run directory under \(base)", cause: SystemCallError("mkdtemp \(base)/vouch-…"))
         }
         return String(cString: dir)
+    }
+
+    /// Removes the run directories of vouch processes that are gone: only a
+    /// SIGKILLed run leaves one (its machines died with it, by the
+    /// parent-death signal, but nothing could remove the directory).
+    static func removeAbandonedRunDirectories(in base: String) {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: base)) ?? []
+        for name in names where name.hasPrefix("vouch-") {
+            let parts = name.split(separator: "-")
+            guard parts.count == 3, parts[2].count == 6, let pid = pid_t(parts[1]), pid != getpid() else { continue }
+            guard kill(pid, 0) != 0, errno == ESRCH else { continue }
+            var info = stat()
+            guard lstat(base + "/" + name, &info) == 0, info.st_uid == getuid(), (info.st_mode & S_IFMT) == S_IFDIR else { continue }
+            try? FileManager.default.removeItem(atPath: base + "/" + name)
+        }
     }
 }
 

@@ -152,13 +152,17 @@ final class QEMUBackend: Backend, PowerControl, Crashable, LinkControl, PortForw
         let qmp: QMPClient
         do {
             qmp = try await QMPClient.connect(path: commandLine.qmpSocket, machine: name, stillStarting: { process.exitStatus == nil })
+        } catch where error.kind == .cancelled {
+            throw error
         } catch {
             if let status = process.exitStatus {
                 _ = try? await withDeadline(seconds: 1) { for pump in pumps { await pump.value } }
                 throw VouchError(.bootFailed, "QEMU exited (\(status)) before the guest started", machine: name,
                                  outputTail: tail(collector.text), cause: error)
             }
-            throw error
+            let note = process.stateNote(as: "QEMU").map { "; \($0)" } ?? ""
+            throw VouchError(.bootFailed, "QEMU (pid \(process.pid)) did not answer on its QMP socket\(note)", machine: name,
+                             outputTail: tail(collector.text), cause: error)
         }
         await qmp.setEventHandler { [weak self] event in self?.handle(event) }
         state.withLock { $0.qmp = qmp }
