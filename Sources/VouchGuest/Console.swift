@@ -84,20 +84,20 @@ package final class Console: Sendable {
     /// Where the console's output ends now (bytes of complete lines so far).
     package var end: Int { state.withLock { $0.total } }
 
-    /// The recent text from offset `from` on (or from the oldest text still
-    /// in memory, if that is later), and the offsets it spans. Includes an
-    /// unterminated last line.
-    package func text(from: Int) -> (text: String, start: Int, end: Int) {
+    /// The recent complete lines from offset `from` on (or from the oldest
+    /// text still in memory, if that is later), and the offsets they span.
+    /// With `partialLine`, an unterminated last line is appended.
+    package func text(from: Int, partialLine: Bool = false) -> (text: String, start: Int, end: Int) {
         state.withLock { s in
             let start = min(max(from, s.recentStart), s.total)
-            let slice = s.recent[(start - s.recentStart)...]
-            let partial = s.splitter.remainder
-            return (String(decoding: slice, as: UTF8.self) + String(decoding: partial, as: UTF8.self), start, s.total)
+            let text = String(decoding: s.recent[(start - s.recentStart)...], as: UTF8.self)
+            return (partialLine ? text + String(decoding: s.splitter.remainder, as: UTF8.self) : text, start, s.total)
         }
     }
 
-    /// The recent text still in memory (at most about `window` bytes).
-    package var recentText: String { text(from: 0).text }
+    /// The recent text still in memory (at most about `window` bytes),
+    /// including an unterminated last line.
+    package var recentText: String { text(from: 0, partialLine: true).text }
 
     /// Everything the console printed: the log file if there is one, else
     /// what is still in memory.

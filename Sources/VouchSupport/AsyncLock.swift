@@ -27,13 +27,8 @@ package final class AsyncLock: Sendable {
             return s.nextID
         }
         guard let id else { return true }
-        let timer = deadline.map { deadline in
-            Task { [self] in
-                try? await Task.sleep(until: deadline.instant, clock: .continuous)
-                giveUp(id)
-            }
-        }
-        defer { timer?.cancel() }
+        let alarm = deadline.map { Alarm.schedule(at: $0) { [self] in giveUp(id) } }
+        defer { alarm?.cancel() }
         let got = await withTaskCancellationHandler {
             await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
                 let now = state.withLock { s -> Bool? in

@@ -22,11 +22,16 @@ package final class ByteQueue: Sendable {
         var finished = false
         var failure: VouchError?
         var waiter: CheckedContinuation<Void, Never>?
+        var sleeps = 0
     }
 
     private let state = Mutex(State())
 
     package init() {}
+
+    /// How many times a reader has gone to sleep waiting for data; a waiter
+    /// woken for nothing shows up here (for tests).
+    package var sleeps: Int { state.withLock { $0.sleeps } }
 
     /// Adds bytes read from the stream.
     package func append(_ bytes: [UInt8]) {
@@ -89,17 +94,13 @@ package final class ByteQueue: Sendable {
             case .wait: break
             }
             if let deadline, deadline.hasPassed { return .timedOut }
-            let timer = deadline.map { deadline in
-                Task { [self] in
-                    try? await Task.sleep(until: deadline.instant, clock: .continuous)
-                    wake()
-                }
-            }
+            let alarm = deadline.map { Alarm.schedule(at: $0) { [self] in wake() } }
             await withTaskCancellationHandler {
                 await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
                     let resumeNow = state.withLock { s -> Bool in
                         if !s.chunks.isEmpty || s.finished || Task.isCancelled || deadline?.hasPassed == true { return true }
                         s.waiter = c
+                        s.sleeps += 1
                         return false
                     }
                     if resumeNow { c.resume() }
@@ -107,7 +108,7 @@ package final class ByteQueue: Sendable {
             } onCancel: {
                 wake()
             }
-            timer?.cancel()
+            alarm?.cancel()
         }
     }
 

@@ -55,6 +55,8 @@ package final class ChildProcess: Sendable {
     /// gives the child these descriptors as stdin, stdout and stderr (for
     /// streams not piped). With `foreground`, the child stays in this session
     /// as the foreground process group of the terminal on its stdin.
+    /// `gathering` is passed to the readers of piped stdout and stderr (see
+    /// `FDReader`).
     /// - Throws: `.spawnFailed` naming the program when it cannot be found or executed.
     package init(
         _ executable: String,
@@ -66,7 +68,8 @@ package final class ChildProcess: Sendable {
         controllingTerminal: Bool = false,
         inheritedFD: Int32? = nil,
         standardStreams: (Int32, Int32, Int32)? = nil,
-        foreground: Bool = false
+        foreground: Bool = false,
+        gathering: Double = 0
     ) throws(VouchError) {
         guard let path = ChildProcess.resolve(executable) else {
             throw VouchError.spawnFailed(program: executable, reason: "not found in PATH")
@@ -132,8 +135,8 @@ package final class ChildProcess: Sendable {
         self.pid = pid
         self.stdinFD = stdinWrite
         let name = (executable as NSString).lastPathComponent
-        self.stdout = stdoutRead.map { FDReader(fd: $0, name: "\(name)-\(pid)-out") }
-        self.stderr = stderrRead.map { FDReader(fd: $0, name: "\(name)-\(pid)-err") }
+        self.stdout = stdoutRead.map { FDReader(fd: $0, name: "\(name)-\(pid)-out", gathering: gathering) }
+        self.stderr = stderrRead.map { FDReader(fd: $0, name: "\(name)-\(pid)-err", gathering: gathering) }
         let latch = exit
         let childPID = pid
         let waiter = Thread {

@@ -15,15 +15,21 @@ package final class FDReader: Sendable {
     /// another descriptor, which a late `shutdownSocket` must not touch.
     private let closed = Mutex(false)
 
-    package init(fd: Int32, name: String) {
+    /// Starts reading `fd`. With `gathering` (seconds), the thread pauses
+    /// that long after a read that did not fill its buffer, so that a writer
+    /// writing a byte at a time (QEMU's emulated UART) is read in chunks, not
+    /// one wake-up per byte; data then arrives up to that much later.
+    package init(fd: Int32, name: String, gathering: Double = 0) {
         self.fd = fd
         let queue = self.queue
+        let pause = useconds_t(max(0, gathering) * 1_000_000)
         let thread = Thread {
             var buffer = [UInt8](repeating: 0, count: 256 * 1024)
             while true {
                 let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
                 if n > 0 {
                     queue.append(Array(buffer[0..<n]))
+                    if pause > 0, n < buffer.count { usleep(pause) }
                 } else if n == 0 {
                     queue.finish()
                     break

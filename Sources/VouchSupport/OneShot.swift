@@ -41,14 +41,9 @@ package final class OneShot<Value: Sendable>: Sendable {
     package func wait(until deadline: Deadline? = nil, ignoringCancellation: Bool = false) async -> Wait {
         if let value { return .value(value) }
         let id = state.withLock { s -> UInt64 in s.nextID += 1; return s.nextID }
-        let timer = deadline.map { deadline in
-            Task { [self] in
-                try? await Task.sleep(until: deadline.instant, clock: .continuous)
-                resume(id, with: .timedOut)
-            }
-        }
+        let alarm = deadline.map { Alarm.schedule(at: $0) { [self] in resume(id, with: .timedOut) } }
         defer {
-            timer?.cancel()
+            alarm?.cancel()
             _ = state.withLock { $0.early.removeValue(forKey: id) }
         }
         let wait = { @Sendable in

@@ -108,11 +108,10 @@ package actor QMPClient {
         if let arguments { message["arguments"] = arguments }
         let bytes = Array((JSONValue.object(message).description + "\n").utf8)
         let deadline = Deadline(seconds: timeout)
-        let timer = Task { [weak self] in
-            try? await Task.sleep(until: deadline.instant, clock: .continuous)
-            await self?.expire(id, command: command, after: timeout)
+        let alarm = Alarm.schedule(at: deadline) { [weak self] in
+            Task { await self?.expire(id, command: command, after: timeout) }
         }
-        defer { timer.cancel() }
+        defer { alarm.cancel() }
         let reply: JSONValue
         do {
             reply = try await withTaskCancellationHandler {
@@ -158,11 +157,10 @@ package actor QMPClient {
         }
         nextID += 1
         let id = nextID
-        let timer = Task { [weak self] in
-            try? await Task.sleep(for: .seconds(timeout))
-            await self?.resumeWaiter(id, throwing: VouchError(.timeout, "no QMP event \(name) within \(formatSeconds(timeout))"))
+        let alarm = Alarm.schedule(at: Deadline(seconds: timeout)) { [weak self] in
+            Task { await self?.resumeWaiter(id, throwing: VouchError(.timeout, "no QMP event \(name) within \(formatSeconds(timeout))")) }
         }
-        defer { timer.cancel() }
+        defer { alarm.cancel() }
         do {
             return try await withTaskCancellationHandler {
                 try await withCheckedThrowingContinuation { c in

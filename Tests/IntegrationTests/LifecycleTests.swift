@@ -41,6 +41,7 @@ struct FrozenVMMTests {
         print("frozen QEMU: teardown took \(String(format: "%.2f", teardown)) s")
         #expect(teardown < Driver.teardownLimit + 1, "teardown took \(teardown) s")
         guard case .failed = run.outcome else { Issue.record("expected a failed run, got \(run.outcome)"); return }
+        try? FileManager.default.removeItem(at: run.driver.options.outputDirectory)
     }
 
     @Test func duringBoot() async throws {

@@ -1,5 +1,6 @@
 import Foundation
 import FoundationXML
+import Synchronization
 import Testing
 
 @testable import Vouch
@@ -110,6 +111,34 @@ import Testing
     }
 }
 
+@Suite struct AlarmTests {
+    @Test func goesOffAtItsDeadlineNotBefore() async throws {
+        let fired = OneShot<ContinuousClock.Instant>()
+        let began = ContinuousClock.now
+        _ = Alarm.schedule(at: Deadline(seconds: 0.15)) { fired.set(.now) }
+        guard case .value(let at) = await fired.wait(until: Deadline(seconds: 10)) else { Issue.record("the alarm did not go off"); return }
+        #expect(at - began >= .milliseconds(150))
+    }
+
+    @Test func aCancelledAlarmDoesNotGoOff() async throws {
+        let fired = Mutex(0)
+        let alarms = (0..<100).map { _ in Alarm.schedule(at: Deadline(seconds: 0.1)) { fired.withLock { $0 += 1 } } }
+        alarms.forEach { $0.cancel() }
+        let control = OneShot<Void>()
+        _ = Alarm.schedule(at: Deadline(seconds: 0.2)) { control.set(()) }
+        _ = await control.wait(until: Deadline(seconds: 10))
+        #expect(fired.withLock { $0 } == 0)
+    }
+
+    @Test func aNearerAlarmIsNotHeldUpByAFartherOne() async throws {
+        let far = Alarm.schedule(at: Deadline(seconds: 3600)) {}
+        defer { far.cancel() }
+        let fired = OneShot<Void>()
+        _ = Alarm.schedule(at: Deadline(seconds: 0.05)) { fired.set(()) }
+        guard case .value = await fired.wait(until: Deadline(seconds: 10)) else { Issue.record("the near alarm waited for the far one"); return }
+    }
+}
+
 @Suite struct ByteQueueTests {
     @Test func cancellationWhileWaitingKeepsLaterData() async throws {
         let queue = ByteQueue()
@@ -145,6 +174,36 @@ import Testing
                 #expect(try await queue.next() == [byte], "round \(round): the byte was lost")
             }
         }
+    }
+
+    /// A wait that ended early leaves nothing behind that could wake a later
+    /// one: a reader sleeps at most once per chunk it is sent. (Each wait
+    /// used to arm a timer task whose cancellation woke the next waiter,
+    /// which re-armed and cancelled one in turn: a spin.)
+    @Test func aWaitIsNotWokenByTheOneBefore() async throws {
+        let queue = ByteQueue()
+        let chunks = 300
+        let reader = Task {
+            var got = 0
+            while got < chunks {
+                guard case .bytes(let bytes) = try await queue.next(until: Deadline(seconds: 30)) else { break }
+                got += bytes.count
+            }
+            return got
+        }
+        for _ in 0..<chunks {
+            try await Task.sleep(for: .milliseconds(1))
+            queue.append([1])
+        }
+        #expect(try await reader.value == chunks)
+        #expect(queue.sleeps <= chunks, "the reader went to sleep \(queue.sleeps) times for \(chunks) chunks")
+    }
+
+    @Test func aDeadlineEndsTheWait() async throws {
+        let queue = ByteQueue()
+        let began = ContinuousClock.now
+        guard case .timedOut = try await queue.next(until: Deadline(seconds: 0.2)) else { Issue.record("expected a timeout"); return }
+        #expect(ContinuousClock.now - began >= .milliseconds(200))
     }
 
     @Test func finishReturnsQueuedDataFirst() async throws {

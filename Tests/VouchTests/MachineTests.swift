@@ -166,6 +166,23 @@ import Testing
         }
     }
 
+    /// A console line still arriving is not matched: `marker-\d+` waits for
+    /// `marker-42`, not the `marker-4` that came first.
+    @Test func consoleWaitsMatchCompleteLinesOnly() async throws {
+        try await withFakeMachine { fake in
+            let console = fake.context.console
+            console.feed(Array("boot marker-4".utf8))
+            let waiter = Task { try await fake.machine.waitForConsoleText("marker-\\d+", timeout: 10) }
+            try await Task.sleep(for: .milliseconds(300))
+            console.feed(Array("2 done\n".utf8))
+            #expect(try await waiter.value == "marker-42")
+            #expect(console.recentText.hasSuffix("boot marker-42 done\n"))
+            console.feed(Array("prompt> ".utf8))
+            #expect(console.recentText.hasSuffix("prompt> "))
+            #expect(console.text(from: 0).text.hasSuffix("done\n"))
+        }
+    }
+
     // MARK: Files through the shared directory
 
     @Test(.enabled("needs a private mount namespace for /tmp/shared", isolation))

@@ -127,9 +127,10 @@ extension Machine {
         }
     }
 
-    /// Waits until the serial console prints text matching `pattern` (a
-    /// regular expression), counting recent text printed before the call
-    /// too (the last MiB). Returns the matching text. Each poll scans only
+    /// Waits until the serial console prints a line matching `pattern` (a
+    /// regular expression; complete lines only, as in nixpkgs), counting
+    /// lines printed before the call too (the last MiB). Returns the
+    /// matching text. Each poll scans only
     /// what is new (plus a little overlap, for matches across polls).
     /// - Throws: `.timeout` with the console tail; `.invalidSpec` for a bad pattern.
     @discardableResult
@@ -146,6 +147,8 @@ extension Machine {
         let cursor = CursorBox()
         nonisolated(unsafe) let r = regex
         try await poll("console text matching \(pattern)", timeout: timeout, location: .init(file: file, line: line)) { _ throws(VouchError) in
+            // Complete lines only, as nixpkgs matches: a line still arriving
+            // could match a prefix of what it will say (`marker-4` for `marker-42`).
             let (text, _, end) = console.text(from: cursor.value)
             if let m = text.firstMatch(of: r) {
                 found.value = String(text[m.range])

@@ -49,6 +49,12 @@ final class QEMUBackend: Backend, PowerControl, Crashable, LinkControl, PortForw
     /// Send buffer for QEMU's end of the shell socket (see the type's documentation).
     static let shellSendBuffer: Int32 = 64 << 20
 
+    /// QEMU writes the emulated serial port's output one byte per write:
+    /// reading it as it comes cost the driver a core during a console flood.
+    /// Pausing 5 ms after each read batches it (a console line shows up at
+    /// most that much later; the guest shell is not on this pipe).
+    static let serialGathering = 0.005
+
     let state = Mutex(State())
     private let stderrText = OutputCollector()
 
@@ -129,7 +135,8 @@ final class QEMUBackend: Backend, PowerControl, Crashable, LinkControl, PortForw
         do throws(VouchError) {
             let argv = enter.map { ["nsenter"] + $0 + [program] + args } ?? [program] + args
             process = try ChildProcess(argv[0], Array(argv.dropFirst()), environment: environment,
-                                       workingDirectory: context.stateDirectory, inheritedFD: qemuEnd)
+                                       workingDirectory: context.stateDirectory, inheritedFD: qemuEnd,
+                                       gathering: QEMUBackend.serialGathering)
         } catch {
             close(hostEnd)
             throw error.on(name)
