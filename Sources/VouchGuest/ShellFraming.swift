@@ -69,14 +69,20 @@ package enum ShellFraming {
     //   are the only programs run, and only here), its read end kept open.
     //   The directory is under $VOUCH_FIFO_DIR when the session sets it (an
     //   existing host, where it must go with the session), else /run.
-    // - __vouch: run, then check the FIFO: readable (EOF) means no writer
-    //   is left; else __vouch_linger.
+    // - __vouch: run with stdin on fd 61 (/dev/null, opened once) and the
+    //   FIFO's write end on fd 62, then check the FIFO: readable (EOF)
+    //   means no writer is left; else __vouch_linger. Every syscall counts
+    //   under TCG: redirections on the subshell, `set -… --` for two
+    //   builtins, no closing of the read end in the subshell (six syscalls
+    //   in bash for a `{var}<&-`), together cut the cost of the detection
+    //   from about +20% to +8% of a round trip.
     // - __vouch_linger: scan /proc for processes holding the FIFO; while
     //   one of them also holds the shell's stdout, wait (or, once
     //   interrupted, kill them). A FIFO still held is replaced.
     // - __vouch_plain: the framing without detection.
     private static let setup = #"""
         __vouch_n=0 __vouch_F= __vouch_r= __vouch_d= __vouch_nofifo=
+        exec 61</dev/null
         __vouch_fifo() {
           [ -z "$__vouch_nofifo" ] || return 1
           if [ -z "$__vouch_d" ] || [ ! -d "$__vouch_d" ]; then
@@ -96,8 +102,8 @@ package enum ShellFraming {
         __vouch_plain() { ( __vouch_c=$1; set --; set -euo pipefail; eval "$__vouch_c" ) </dev/null; printf '\036VOUCH:%s:%s:p\n' "$2" "$?"; }
         __vouch() {
           __vouch_i=
-          if [ ! -p "$__vouch_F" ]; then __vouch_fifo || { __vouch_plain "$@"; return; }; fi
-          ( exec {__vouch_w}>"$__vouch_F" {__vouch_r}<&-; __vouch_c=$1; set --; set -euo pipefail; eval "$__vouch_c" ) </dev/null
+          [[ -p $__vouch_F ]] || __vouch_fifo || { __vouch_plain "$@"; return; }
+          ( __vouch_c=$1; set -euo pipefail --; eval "$__vouch_c" ) <&61 62>"$__vouch_F"
           __vouch_s=$? __vouch_f=
           read -t 0 -u "$__vouch_r" || __vouch_linger
           printf '\036VOUCH:%s:%s%s\n' "$2" "$__vouch_s" "$__vouch_f"

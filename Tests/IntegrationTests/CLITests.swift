@@ -10,23 +10,8 @@ import Testing
 
 /// The `vouch` command as users run it: specs, scripts, exit statuses, signals.
 @Suite(.serialized)
-final class CLITests {
-    let dir: URL
-
-    init() throws {
-        dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vouch-cli-\(UUID().uuidString.prefix(8))")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-    }
-
-    deinit {
-        try? FileManager.default.removeItem(at: dir)
-    }
-
-    func write(_ name: String, _ text: String) throws -> String {
-        let url = dir.appendingPathComponent(name)
-        try text.write(to: url, atomically: true, encoding: .utf8)
-        return url.path
-    }
+final class CLITests: ScratchSuite {
+    init() throws { try super.init(prefix: "vouch-cli") }
 
     @Test func malformedSpecsAreRejectedBeforeAnythingStarts() async throws {
         let before = runDirectories()

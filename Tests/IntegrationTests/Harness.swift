@@ -112,22 +112,24 @@ func runCLI(_ args: [String], environment: [String: String]? = nil, timeout: Dou
     return (code, output)
 }
 
-/// Thrown by `within` when the time runs out.
-struct TestTimedOut: Error, CustomStringConvertible {
-    let seconds: Double
-    var description: String { "timed out after \(seconds) s" }
-}
+/// A suite with a private directory for its files (specs, scripts,
+/// output), removed with each test's suite instance.
+class ScratchSuite {
+    let dir: URL
 
-/// Runs `body`, failing with `TestTimedOut` after `seconds` (the body is cancelled).
-func within<T: Sendable>(seconds: Double, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: .seconds(seconds))
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let value = first else { throw TestTimedOut(seconds: seconds) }
-        return value
+    init(prefix: String) throws {
+        dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("\(prefix)-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    }
+
+    deinit {
+        try? FileManager.default.removeItem(at: dir)
+    }
+
+    /// Writes `text` to `name` in the directory and returns its path.
+    func write(_ name: String, _ text: String) throws -> String {
+        let url = dir.appendingPathComponent(name)
+        try text.write(to: url, atomically: true, encoding: .utf8)
+        return url.path
     }
 }

@@ -12,23 +12,8 @@ import Testing
 /// `vouch run` before anything boots): each mistake is exit status 2, a
 /// message naming it, and nothing started.
 @Suite(.serialized)
-final class InputCheckTests {
-    let dir: URL
-
-    init() throws {
-        dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vouch-inputs-\(UUID().uuidString.prefix(8))")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-    }
-
-    deinit {
-        try? FileManager.default.removeItem(at: dir)
-    }
-
-    func write(_ name: String, _ text: String) throws -> String {
-        let url = dir.appendingPathComponent(name)
-        try text.write(to: url, atomically: true, encoding: .utf8)
-        return url.path
-    }
+final class InputCheckTests: ScratchSuite {
+    init() throws { try super.init(prefix: "vouch-inputs") }
 
     @Test func badNamesAreRefusedByCheckAndRun() async throws {
         let long = String(repeating: "n", count: 300)
