@@ -62,7 +62,7 @@ struct Bench: AsyncParsableCommand {
             let calls = self.calls
             let result = Results()
             writeStderr("bench: \(image): booting…\n")
-            let outcome = await driver.run { driver in
+            let outcome = await ScriptRunner.runHandlingSignals(driver) { driver in
                 let m = try driver.machine("bench")
                 let began = ContinuousClock.now
                 try await m.succeed("true")
@@ -123,7 +123,7 @@ struct Bench: AsyncParsableCommand {
             let driver = benchDriver(TestSpec(name: "bench-net", machines: machines))
             let result = Results()
             writeStderr("bench: startAll of \(count) minimal machine(s)…\n")
-            let outcome = await driver.run { d in
+            let outcome = await ScriptRunner.runHandlingSignals(driver) { d in
                 let began = ContinuousClock.now
                 try await d.startAll()
                 result.boot = (ContinuousClock.now - began).seconds

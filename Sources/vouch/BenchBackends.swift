@@ -34,7 +34,7 @@ extension Bench {
         let result = Results()
         let calls = self.calls
         writeStderr("bench: \(backend): booting…\n")
-        let outcome = await driver.run { d in
+        let outcome = await ScriptRunner.runHandlingSignals(driver) { d in
             for step in plan.steps {
                 switch step {
                 case .succeed(let machine, let command): try await d.machine(machine).succeed(command)

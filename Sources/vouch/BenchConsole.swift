@@ -12,7 +12,7 @@ extension Bench {
         let driver = benchDriver(TestSpec(name: "bench-console", globalTimeout: 3600, machines: [machine]))
         let result = FloodResults()
         writeStderr("bench: booting a minimal guest; it then prints \(megabytes) MB to its serial console (~300 KB/s under TCG)…\n")
-        let outcome = await driver.run { d in
+        let outcome = await ScriptRunner.runHandlingSignals(driver) { d in
             let m = try d.machine("flood")
             try await m.succeed("true")
             result.rssBefore = memoryField("VmRSS") ?? 0

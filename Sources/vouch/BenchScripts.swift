@@ -41,7 +41,7 @@ extension Bench {
         let result = Results()
         let calls = self.calls
         writeStderr("bench: booting a minimal machine; \(calls) calls from Swift and from Python…\n")
-        let outcome = await driver.run { d in
+        let outcome = await ScriptRunner.runHandlingSignals(driver) { d in
             let m = try d.machine("machine")
             for _ in 0..<10 { try await m.succeed("true") }
             result.vouch = try await timed(calls) { try await m.succeed("true") }

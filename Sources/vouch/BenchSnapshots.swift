@@ -17,7 +17,7 @@ extension Bench {
                 let restores = self.restores
                 let result = SnapshotResults()
                 writeStderr("bench: \(image) (\(size) MiB): cold boot…\n")
-                let outcome = await driver.run { driver in
+                let outcome = await ScriptRunner.runHandlingSignals(driver) { driver in
                     let m = try driver.machine("bench")
                     let began = ContinuousClock.now
                     try await m.succeed("true")

@@ -128,7 +128,7 @@ struct RunLifecycleCLITests {
         let status = try await within(seconds: 60) { try await process.waitForExit() }
         for drain in drains { await drain.value }
         let took = (ContinuousClock.now - began).seconds
-        print("global timeout 20 s over a frozen QEMU: exit \(status) after \(String(format: "%.2f", took)) s")
+        print("global timeout 20 s over a frozen QEMU: \(status) after \(String(format: "%.2f", took)) s")
         #expect(status == .exited(143), "\(output.text.suffix(3000))")
         #expect(took < 20 + 8, "exited after \(took) s")
         #expect(output.text.contains("timeout reached; test terminating..."))

@@ -102,7 +102,7 @@ public enum ScriptRunner {
     /// Runs the driver. Signals are handled here, in one place: the first
     /// SIGINT or SIGTERM cancels the run, which then tears down (bounded);
     /// a second one kills every child at once and exits.
-    static func runHandlingSignals(_ driver: Driver, _ body: @escaping @Sendable (Driver) async throws -> Void) async -> RunOutcome {
+    public static func runHandlingSignals(_ driver: Driver, _ body: @escaping @Sendable (Driver) async throws -> Void) async -> RunOutcome {
         signal(SIGINT, SIG_IGN)
         signal(SIGTERM, SIG_IGN)
         let task = Task { await driver.run(body) }
