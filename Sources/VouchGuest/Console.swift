@@ -26,6 +26,9 @@ package final class Console: Sendable {
         var recentStart = 0
         /// Bytes of complete lines so far.
         var total = 0
+        /// Bytes written to the log file so far, and where the current boot began in it.
+        var written: UInt64 = 0
+        var bootStart: UInt64 = 0
     }
 
     private let state = Mutex(State())
@@ -49,6 +52,7 @@ package final class Console: Sendable {
         guard !bytes.isEmpty else { return }
         let lines = state.withLock { s -> [Substring] in
             try? s.file?.write(contentsOf: bytes)
+            s.written += UInt64(bytes.count)
             s.splitter.append(bytes)
             var lines: [Substring] = []
             while let line = s.splitter.next() {
@@ -99,11 +103,25 @@ package final class Console: Sendable {
     /// including an unterminated last line.
     package var recentText: String { text(from: 0, partialLine: true).text }
 
+    /// Marks where the machine's current boot begins (`sinceBoot`).
+    package func markBoot() {
+        state.withLock { $0.bootStart = $0.written }
+    }
+
     /// Everything the console printed: the log file if there is one, else
     /// what is still in memory.
-    package var fullText: String {
-        if let logFile, let data = FileManager.default.contents(atPath: logFile.path) {
-            return String(decoding: data, as: UTF8.self).replacingOccurrences(of: "\r", with: "")
+    package var fullText: String { text(fromFileOffset: 0) }
+
+    /// What the console printed since the current boot began (nixpkgs'
+    /// `get_console_log`: a new start begins a new log).
+    package var sinceBoot: String { text(fromFileOffset: state.withLock { $0.bootStart }) }
+
+    private func text(fromFileOffset offset: UInt64) -> String {
+        if let logFile, let handle = FileHandle(forReadingAtPath: logFile.path) {
+            defer { try? handle.close() }
+            if (try? handle.seek(toOffset: offset)) != nil, let data = try? handle.readToEnd() {
+                return String(decoding: data, as: UTF8.self).replacingOccurrences(of: "\r", with: "")
+            }
         }
         return recentText
     }

@@ -29,6 +29,10 @@ package actor QMPClient {
     private var nextID = 0
     private var events: [JSONValue] = []
     private var eventWaiters: [(id: Int, name: String, c: CheckedContinuation<JSONValue, any Error>)] = []
+    /// Every event, in order, for a test script reading QMP events itself:
+    /// Vouch's own waits above do not take from it (the last 256).
+    private var scriptEvents: [JSONValue] = []
+    private var scriptWaiters: [(id: Int, c: CheckedContinuation<JSONValue?, Never>)] = []
     private var closedReason: String?
     private var pump: Task<Void, Never>?
     private var onEvent: (@Sendable (JSONValue) -> Void)?
@@ -99,6 +103,21 @@ package actor QMPClient {
     ///   does not answer within `timeout` seconds; `.cancelled`.
     @discardableResult
     package func execute(_ command: String, _ arguments: JSONValue? = nil, timeout: Double = QMPClient.defaultTimeout) async throws(VouchError) -> JSONValue {
+        let reply = try await reply(command, arguments, timeout: timeout)
+        if let error = reply["error"] {
+            let refusal = QMPErrorReply(errorClass: error["class"]?.stringValue ?? "Error",
+                                        explanation: error["desc"]?.stringValue ?? "\(error)")
+            throw VouchError(.qmpError, "QMP \(command) failed: \(refusal)", machine: machine, cause: refusal)
+        }
+        return reply["return"] ?? .null
+    }
+
+    /// Runs a QMP command and returns QEMU's whole reply, `{"return": …}` or
+    /// `{"error": {"class": …, "desc": …}}`, without its `id`: a refusal is
+    /// an answer here, not an error (for scripts that talk QMP themselves).
+    /// - Throws: `.qmpError` when the connection is closed or QEMU does not
+    ///   answer within `timeout` seconds; `.cancelled`.
+    package func reply(_ command: String, _ arguments: JSONValue? = nil, timeout: Double = QMPClient.defaultTimeout) async throws(VouchError) -> JSONValue {
         if let closedReason {
             throw VouchError(.qmpError, "QMP \(command): connection closed (\(closedReason))", machine: machine)
         }
@@ -137,12 +156,9 @@ package actor QMPClient {
         } catch {
             throw VouchError.from(error, "QMP \(command)", machine: machine)
         }
-        if let error = reply["error"] {
-            let refusal = QMPErrorReply(errorClass: error["class"]?.stringValue ?? "Error",
-                                        explanation: error["desc"]?.stringValue ?? "\(error)")
-            throw VouchError(.qmpError, "QMP \(command) failed: \(refusal)", machine: machine, cause: refusal)
-        }
-        return reply["return"] ?? .null
+        guard case .object(var fields) = reply else { return reply }
+        fields["id"] = nil
+        return .object(fields)
     }
 
     /// Waits for an event named `name` received since the last `clearEvents`
@@ -179,6 +195,39 @@ package actor QMPClient {
 
     /// Forgets events received so far.
     package func clearEvents() { events.removeAll() }
+
+    /// The oldest event a script has not read yet (since the connection
+    /// opened), waiting up to `timeout` seconds for one; nil if none came.
+    /// - Throws: `.qmpError` when the connection is closed and nothing is
+    ///   left to read; `.cancelled`.
+    package func nextScriptEvent(timeout: Double) async throws(VouchError) -> JSONValue? {
+        if !scriptEvents.isEmpty { return scriptEvents.removeFirst() }
+        if let closedReason {
+            throw VouchError(.qmpError, "QMP connection closed (\(closedReason))", machine: machine)
+        }
+        nextID += 1
+        let id = nextID
+        let alarm = Alarm.schedule(at: Deadline(seconds: timeout)) { [weak self] in
+            Task { await self?.resumeScriptWaiter(id, with: nil) }
+        }
+        defer { alarm.cancel() }
+        let event = await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<JSONValue?, Never>) in
+                if Task.isCancelled { c.resume(returning: nil); return }
+                scriptWaiters.append((id, c))
+            }
+        } onCancel: {
+            Task { await self.resumeScriptWaiter(id, with: nil) }
+        }
+        if Task.isCancelled { throw VouchError.cancelled("waiting for a QMP event", machine: machine) }
+        return event
+    }
+
+    private func resumeScriptWaiter(_ id: Int, with event: JSONValue?) {
+        if let i = scriptWaiters.firstIndex(where: { $0.id == id }) {
+            scriptWaiters.remove(at: i).c.resume(returning: event)
+        }
+    }
 
     /// Closes the connection; pending requests fail at once.
     package func close() {
@@ -225,6 +274,12 @@ package actor QMPClient {
     private func dispatch(_ message: JSONValue) {
         if let name = message["event"]?.stringValue {
             onEvent?(message)
+            if scriptWaiters.isEmpty {
+                scriptEvents.append(message)
+                if scriptEvents.count > 256 { scriptEvents.removeFirst() }
+            } else {
+                scriptWaiters.removeFirst().c.resume(returning: message)
+            }
             if let i = eventWaiters.firstIndex(where: { $0.name == name }) {
                 eventWaiters.remove(at: i).c.resume(returning: message)
             } else {
@@ -243,5 +298,7 @@ package actor QMPClient {
         pending.removeAll()
         eventWaiters.forEach { $0.c.resume(throwing: error) }
         eventWaiters.removeAll()
+        scriptWaiters.forEach { $0.c.resume(returning: nil) }
+        scriptWaiters.removeAll()
     }
 }

@@ -87,6 +87,7 @@ final class InputCheckTests: ScratchSuite {
         let run = try await RealRun.run([ct]) { d in
             let error = await #expect(throws: VouchError.self) { try await d.machine("ct").waitForUnit("no-such-thing.service", timeout: 60) }
             #expect(error?.kind == .unitFailed)
+            #expect(error?.message.hasPrefix(#"unit "no-such-thing.service" is inactive and there are no pending jobs"#) == true, "\(String(describing: error))")
             #expect(error?.message.contains(#"unit "no-such-thing.service" does not exist"#) == true, "\(String(describing: error))")
         }
         #expect(run.outcome == .passed)

@@ -291,8 +291,10 @@ struct VMMFaultTests {
     }
 }
 
-/// A STOP that Vouch did not ask for (here: the monitor's `stop`) is
-/// noticed from QMP: the next command fails at once, saying so.
+/// A STOP that Vouch did not ask for (here: `stop` typed into the QEMU
+/// monitor's socket by someone else) is noticed from QMP: the next command
+/// fails at once, saying so. A `stop` the script sends through Vouch is a
+/// pause it asked for.
 @Suite(.serialized)
 struct UnrequestedPauseTests {
     @Test func aGuestPausedBehindVouchsBackFailsAtOnce() async throws {
@@ -300,6 +302,11 @@ struct UnrequestedPauseTests {
             let m = try d.machine("m")
             try await m.succeed("true")
             try await m.sendMonitorCommand("stop")
+            try await m.sendMonitorCommand("cont")
+            #expect(try await m.succeed("echo still-fine", timeout: 60) == "still-fine\n")
+            let monitor = try await HumanMonitorClient.connect(path: d.runDirectory + "/vm-state-m/monitor", machine: "outsider")
+            defer { monitor.close() }
+            _ = try await monitor.transcript("stop")
             let error = await #expect(throws: VouchError.self) { try await m.succeed("true", timeout: 120) }
             #expect(error?.kind == .machineDown)
             #expect(error?.message.contains("paused: QEMU stopped the guest (status paused) without Vouch asking") == true,

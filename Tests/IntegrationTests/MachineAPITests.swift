@@ -76,7 +76,7 @@ struct MachineAPITests {
                 try await client.waitUntilFails("test -e /tmp/later", timeout: 30)
                 let e = await #expect(throws: VouchError.self) { try await client.waitForFile("/nope", timeout: 2) }
                 #expect(e?.kind == .timeout)
-                #expect(e?.message.contains("timed out after 2 s waiting for file /nope") == true)
+                #expect(e?.message.contains("(timeout=2.0): waiting for file /nope") == true)
             }
 
             try await subtest("systemd units") {

@@ -73,8 +73,10 @@ public final class Driver: Sendable {
     public let log: TestLog
     /// The JUnit report the subtests are recorded in.
     public let junit: JUnitReport
-    /// The machines, in name order.
-    public let machines: [Machine]
+    /// The machines, in name order (those of the spec, then any made with `createMachine`).
+    public var machines: [Machine] { machineList.withLock { $0 } }
+    private let machineList = Mutex<[Machine]>([])
+    private let snapshotCache: SnapshotCache?
     /// This run's private directory (0700): machine state, sockets, shared dir.
     public let runDirectory: String
     /// Node numbers, MACs and addresses of every machine.
@@ -115,36 +117,72 @@ public final class Driver: Sendable {
         let namespaceBox = NamespaceBox()
         self.namespaceBox = namespaceBox
         self.runDirectory = runDirectory
-        let shared = runDirectory + "/shared-xchg"
-        try? fm.createDirectory(atPath: shared, withIntermediateDirectories: true)
-        var machines: [Machine] = []
-        let cache = options.snapshotAfterBoot || spec.snapshotAfterBoot ? SnapshotCache(root: options.snapshotCacheDirectory) : nil
-        for (m, plan, provider) in plans {
-            let consoleFile = options.outputDirectory.appendingPathComponent("console-\(m.name).log")
-            var context = MachineContext(
-                name: m.name, stateDirectory: runDirectory + "/vm-state-\(m.name)", sharedDirectory: shared,
-                log: log, console: Console(machine: m.name, log: log, file: consoleFile))
-            if let node = network.node(m.name) {
-                let tap = spec.network == .tap
-                let attachments = node.nics.map {
-                    MachineNetwork.Attachment(
-                        nic: $0, switchDirectory: VDESwitch.socketDirectory(vlan: $0.vlan, runDirectory: runDirectory),
-                        tap: tap ? NetworkNamespace.tapName(node: node.number, vlan: $0.vlan) : nil)
-                }
-                var machineNetwork = MachineNetwork(
-                    attachments: attachments, kernelParameters: network.kernelParameters(for: m.name, forwarding: true),
-                    forwardingMAC: NetworkPlan.forwardingMAC(node: node.number))
-                if tap {
-                    machineNetwork.enterNamespace = { namespaceBox.value.withLock { $0?.enterArguments } }
-                }
-                context.network = machineNetwork
-            }
-            machines.append(Machine(context: context, backendName: m.backend, outputDirectory: options.outputDirectory,
-                                    bootTimeout: m.bootTimeout, readyUnit: plan.readyUnit, provider: provider,
-                                    snapshotCache: cache, makeBackend: plan.make))
+        try? fm.createDirectory(atPath: runDirectory + "/shared-xchg", withIntermediateDirectories: true)
+        self.snapshotCache = options.snapshotAfterBoot || spec.snapshotAfterBoot ? SnapshotCache(root: options.snapshotCacheDirectory) : nil
+        machineList.withLock { list in
+            list = plans.map { makeMachine($0.0, plan: $0.1, provider: $0.2) }
         }
-        self.machines = machines
         Driver.live.withLock { $0[ObjectIdentifier(self)] = runDirectory }
+    }
+
+    private func makeMachine(_ m: MachineSpec, plan: BackendPlan, provider: any BackendProvider) -> Machine {
+        let consoleFile = options.outputDirectory.appendingPathComponent("console-\(m.name).log")
+        var context = MachineContext(
+            name: m.name, stateDirectory: runDirectory + "/vm-state-\(m.name)", sharedDirectory: runDirectory + "/shared-xchg",
+            log: log, console: Console(machine: m.name, log: log, file: consoleFile))
+        let namespaceBox = self.namespaceBox
+        if let node = network.node(m.name) {
+            let tap = spec.network == .tap
+            let attachments = node.nics.map {
+                MachineNetwork.Attachment(
+                    nic: $0, switchDirectory: VDESwitch.socketDirectory(vlan: $0.vlan, runDirectory: runDirectory),
+                    tap: tap ? NetworkNamespace.tapName(node: node.number, vlan: $0.vlan) : nil)
+            }
+            var machineNetwork = MachineNetwork(
+                attachments: attachments, kernelParameters: network.kernelParameters(for: m.name, forwarding: true),
+                forwardingMAC: NetworkPlan.forwardingMAC(node: node.number))
+            if tap {
+                machineNetwork.enterNamespace = { namespaceBox.value.withLock { $0?.enterArguments } }
+            }
+            context.network = machineNetwork
+        }
+        return Machine(context: context, backendName: m.backend, outputDirectory: options.outputDirectory,
+                       bootTimeout: m.bootTimeout, readyUnit: plan.readyUnit, provider: provider,
+                       snapshotCache: snapshotCache, makeBackend: plan.make)
+    }
+
+    /// Adds a machine booted by a nixpkgs start script while the test runs
+    /// (nixpkgs' `create_machine`). It boots when first used, has no test
+    /// VLANs (the start script brings its own network, if any) and is torn
+    /// down with the others. The name defaults to the one in the script's
+    /// file name (`run-NAME-vm`), else `machine`.
+    /// - Throws: `.invalidSpec` for a bad or taken name, `.missingImage`
+    ///   when the script is not an executable file.
+    @discardableResult
+    public func createMachine(startScript: String, name: String? = nil) throws(VouchError) -> Machine {
+        let name = name ?? Driver.nameFromStartScript(startScript)
+        try NodeNames.check(name, at: "create_machine")
+        guard !machines.contains(where: { $0.name == name }) else {
+            throw VouchError(.invalidSpec, "create_machine: a machine named '\(name)' exists already", machine: name)
+        }
+        try NodeNames.checkDistinct(machines.map(\.name) + [name])
+        let provider = try BackendRegistry.provider(named: QEMUSettings.backend)
+        guard var spec = provider.machine(name: name, startScript: startScript) else {
+            throw VouchError(.unsupported, "create_machine: the qemu backend cannot run start scripts", machine: name)
+        }
+        spec.vlans = []
+        let plan = try provider.prepare(spec, in: RunEnvironment(network: self.spec.network, accelerator: options.accelerator))
+        let machine = makeMachine(spec, plan: plan, provider: provider)
+        machineList.withLock { $0.append(machine) }
+        log.log("created machine \(name) from \(startScript)")
+        return machine
+    }
+
+    /// nixpkgs' rule: `…/run-NAME-vm` is machine NAME; anything else is `machine`.
+    static func nameFromStartScript(_ path: String) -> String {
+        let base = (path as NSString).lastPathComponent
+        guard base.hasPrefix("run-"), base.hasSuffix("-vm"), base.count > "run--vm".count else { return "machine" }
+        return String(base.dropFirst(4).dropLast(3))
     }
 
     deinit {
@@ -165,13 +203,15 @@ public final class Driver: Sendable {
     }
 
     /// Boots every machine concurrently and waits until all shells answer.
-    /// - Throws: the first machine's boot error; the others are stopped at once.
+    /// - Throws: the first machine's boot error, worded as nixpkgs' (`Failed
+    ///   to start the following machines:` and `NAME: error`), keeping it as
+    ///   the cause; the others are stopped at once.
     public func startAll() async throws(VouchError) {
         try await log.nested("start all VMs") { () throws(VouchError) in
             let status = BootStatus(names: machines.map(\.name), log: log)
             let ticker = Task { await status.tick() }
             defer { ticker.cancel(); status.clear() }
-            let failure = await withTaskGroup(of: VouchError?.self) { group -> VouchError? in
+            let failure = await withTaskGroup(of: (String, VouchError)?.self) { group -> (String, VouchError)? in
                 for machine in machines {
                     group.addTask {
                         do throws(VouchError) {
@@ -180,21 +220,26 @@ public final class Driver: Sendable {
                             return nil
                         } catch {
                             status.failed(machine.name)
-                            return error
+                            return (machine.name, error)
                         }
                     }
                 }
-                var first: VouchError?
+                var first: (String, VouchError)?
                 for await result in group {
-                    guard let error = result else { continue }
+                    guard let failed = result else { continue }
                     // One machine cannot boot: stop the others now rather
                     // than after their own boot deadlines.
-                    if first == nil || first?.kind == .cancelled { first = error }
+                    if first == nil || first?.1.kind == .cancelled { first = failed }
                     group.cancelAll()
                 }
                 return first
             }
-            if let failure { throw failure }
+            if let (name, error) = failure {
+                guard error.kind != .cancelled else { throw error }
+                var wrapped = error
+                wrapped.message = NixpkgsMessage.startAllFailed.format(["failures": "\(name): \(error.message)"])
+                throw wrapped
+            }
         }
     }
 
@@ -363,8 +408,8 @@ public final class Driver: Sendable {
         let env = ProcessInfo.processInfo.environment
         let base = parent ?? env["XDG_RUNTIME_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? env["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
         removeAbandonedRunDirectories(in: base)
-        // vouch-PID-XXXXXX/vm-state-NAME/qmp is the longest socket path a run has.
-        let longest = base.utf8.count + "/vouch-\(getpid())-XXXXXX/vm-state-/qmp".utf8.count + longestName
+        // vouch-PID-XXXXXX/vm-state-NAME/monitor is the longest socket path a run has.
+        let longest = base.utf8.count + "/vouch-\(getpid())-XXXXXX/vm-state-/monitor".utf8.count + longestName
         guard longest <= UnixSocket.maxPathLength else {
             throw VouchError(.invalidSpec, "socket paths under \(base) would have \(longest) bytes, more than unix sockets allow (\(UnixSocket.maxPathLength)): "
                              + "set TMPDIR (or XDG_RUNTIME_DIR) to a shorter directory, or shorten the machine names")

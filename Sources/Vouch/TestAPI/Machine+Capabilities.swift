@@ -58,6 +58,42 @@ extension Machine {
         do { return try await monitor.monitorCommand(command) } catch { throw error.on(name, command: command) }
     }
 
+    /// Runs a human monitor command and returns what a client of the monitor
+    /// socket reads for it, byte for byte: QEMU's line editor echoing the
+    /// command, the output with CR LF line ends, and the next `(qemu) `
+    /// prompt. This is what nixpkgs' `send_monitor_command` returns; for the
+    /// output alone use `sendMonitorCommand`.
+    /// - Throws: `.unsupported` for backends without a monitor, `.qmpError`
+    ///   if the monitor does not answer.
+    public func monitorTranscript(_ command: String) async throws(VouchError) -> String {
+        try await start()
+        let monitor: any MonitorAccess
+        do { monitor = try capability(MonitorAccess.self, .monitor, for: "send_monitor_command") } catch { throw error.on(name, command: command) }
+        log.log("monitor: \(command)", machine: name)
+        do { return try await monitor.monitorTranscript(command) } catch { throw error.on(name, command: command) }
+    }
+
+    /// Sends a QMP command and returns QEMU's whole reply: `{"return": …}`,
+    /// or `{"error": {"class": …, "desc": …}}` when QEMU refuses it.
+    /// - Throws: `.unsupported` for backends without QMP, `.qmpError` when
+    ///   QEMU does not answer.
+    public func qmp(_ command: String, arguments: JSONValue? = nil) async throws(VouchError) -> JSONValue {
+        try await start()
+        let monitor = try capability(MonitorAccess.self, .monitor, for: "qmp(\(command))")
+        log.log("QMP: \(command)", machine: name)
+        return try await monitor.qmpReply(command, arguments: arguments)
+    }
+
+    /// The next QMP event of this machine's QEMU that the script has not read
+    /// yet (they queue from the moment QEMU starts), waiting up to `timeout`
+    /// seconds; nil if none came.
+    /// - Throws: `.unsupported` for backends without QMP; `.cancelled`.
+    public func nextQMPEvent(timeout: Double = 10) async throws(VouchError) -> JSONValue? {
+        try await start()
+        let monitor = try capability(MonitorAccess.self, .monitor, for: "QMP events")
+        return try await monitor.nextQMPEvent(timeout: timeout)
+    }
+
     /// Sends a key combination to the guest, e.g. `sendKey("ctrl-alt-delete")`.
     /// - Throws: `.unsupported` where the backend has no keyboard.
     public func sendKey(_ combination: String) async throws(VouchError) {

@@ -21,8 +21,8 @@ extension Machine {
     public func getUnitInfo(_ unit: String, user: String? = nil, file: String = #filePath, line: Int = #line) async throws(VouchError) -> [String: String] {
         let r = try await systemctl("--no-pager show \(shellQuote(unit))", user: user, file: file, line: line)
         guard r.status == 0 else {
-            throw VouchError(.commandFailed, "retrieving systemctl info for unit \"\(unit)\"" + (user.map { " under user \"\($0)\"" } ?? "")
-                             + " failed with exit code \(r.status)", machine: name,
+            throw VouchError(.commandFailed, NixpkgsMessage.unitInfoFailed.format(
+                                 ["unit": unit, "user": user.map { " under user \"\($0)\"" } ?? "", "status": "\(r.status)"]), machine: name,
                              command: "systemctl show \(unit)", status: r.status, outputTail: tail(r.text),
                              location: .init(file: file, line: line))
         }
@@ -50,7 +50,7 @@ extension Machine {
     public func requireUnitState(_ unit: String, _ state: String = "active", user: String? = nil, file: String = #filePath, line: Int = #line) async throws(VouchError) {
         let actual = try await getUnitProperty(unit, "ActiveState", user: user, file: file, line: line)
         guard actual == state else {
-            throw VouchError(.unitFailed, "Expected unit '\(unit)' to to be in state '\(state)' but it is in state '\(actual)'",
+            throw VouchError(.unitFailed, NixpkgsMessage.unitNotInState.format(["unit": unit, "expected": state, "actual": actual]),
                              machine: name, location: .init(file: file, line: line))
         }
     }
@@ -70,22 +70,24 @@ extension Machine {
             let state = info["ActiveState"] ?? "unknown"
             let sub = info["SubState"] ?? ""
             if info["LoadState"] == "not-found" {
+                // nixpkgs says only that it is inactive; say why too.
                 let why = info["LoadError"].map { " (\($0))" } ?? ""
-                throw VouchError(.unitFailed, "unit \"\(unit)\" does not exist: systemd found no unit file for it\(why)",
+                throw VouchError(.unitFailed, NixpkgsMessage.unitInactive.format(["unit": unit])
+                                 + ": unit \"\(unit)\" does not exist, systemd found no unit file for it\(why)",
                                  machine: self.name, location: location)
             }
             switch state {
             case "active":
                 return .done
             case "failed":
-                throw VouchError(.unitFailed, "unit \"\(unit)\" reached state \"failed\"", machine: self.name,
+                throw VouchError(.unitFailed, NixpkgsMessage.unitReachedState.format(["unit": unit, "state": "failed"]), machine: self.name,
                                  outputTail: await self.unitJournal(unit, user: user), location: location)
             case "inactive":
                 let jobs = try await self.systemctl("list-jobs --full 2>&1", user: user, file: file, line: line)
                 if jobs.text.contains("No jobs") {
                     let again = try await self.getUnitInfo(unit, user: user, file: file, line: line)
                     if again["ActiveState"] == "inactive" {
-                        throw VouchError(.unitFailed, "unit \"\(unit)\" is inactive and there are no pending jobs",
+                        throw VouchError(.unitFailed, NixpkgsMessage.unitInactive.format(["unit": unit]),
                                          machine: self.name, outputTail: await self.unitJournal(unit, user: user),
                                          location: location)
                     }
@@ -93,6 +95,20 @@ extension Machine {
             default: break
             }
             return .notYet(seen: "\(unit): \(state) (\(sub))")
+        }
+    }
+
+    /// Waits until `unit`'s ActiveState is `state` (`inactive`, `activating`,
+    /// `active`, `reloading`, `deactivating`, `failed`…), whatever it passes
+    /// through on the way: unlike `waitForUnit`, no state ends the wait early.
+    /// - Throws: `.timeout` with the states seen last.
+    public func waitForUnitActiveState(
+        _ unit: String, _ state: String, user: String? = nil, timeout: Double = 900, file: String = #filePath, line: Int = #line
+    ) async throws(VouchError) {
+        log.log("waiting for unit \(unit) to be \(state)" + (user.map { " (user \($0))" } ?? ""), machine: name)
+        try await poll("unit \(unit) to be \(state)", timeout: timeout, location: .init(file: file, line: line)) { _ throws(VouchError) in
+            let actual = try await self.getUnitProperty(unit, "ActiveState", user: user, file: file, line: line)
+            return actual == state ? .done : .notYet(seen: "\(unit): \(actual)")
         }
     }
 

@@ -19,6 +19,7 @@ extension Machine {
         onTimeout: (@Sendable () async -> String)? = nil,
         _ attempt: @escaping @Sendable (Deadline) async throws(VouchError) -> Poll
     ) async throws(VouchError) {
+        let began = ContinuousClock.now
         let deadline = Deadline(seconds: timeout)
         var pause = 0.1
         var seen = ""
@@ -45,34 +46,49 @@ extension Machine {
         }
         log.error("timed out after \(formatSeconds(timeout)) waiting for \(what)", machine: name)
         if !tailText.isEmpty { log.error("last seen:\n" + tail(tailText, lines: 40), machine: name) }
-        throw VouchError(.timeout, "action timed out after \(formatSeconds(timeout)) waiting for \(what)", machine: name,
+        let text = NixpkgsMessage.actionTimedOut.format([
+            "elapsed": NixpkgsMessage.elapsed((ContinuousClock.now - began).seconds), "timeout": NixpkgsMessage.pythonFloat(timeout),
+        ])
+        throw VouchError(.timeout, "\(text): waiting for \(what)", machine: name,
                          outputTail: tail(tailText, lines: 40), location: location)
     }
 
-    /// Waits until `command` exits 0; returns its output.
+    /// Waits until `command` exits 0; returns its output. Each attempt may
+    /// take up to `attemptTimeout` seconds (default: what is left of
+    /// `timeout`); one that takes longer is interrupted and counts as failed.
     /// - Throws: `.timeout` with the last attempt's status and output.
     @discardableResult
     public func waitUntilSucceeds(
-        _ command: String, timeout: Double = 900, file: String = #filePath, line: Int = #line
+        _ command: String, timeout: Double = 900, attemptTimeout: Double? = nil, file: String = #filePath, line: Int = #line
     ) async throws(VouchError) -> String {
-        try await waitUntil(command, succeeds: true, timeout: timeout, location: .init(file: file, line: line))
+        try await waitUntil(command, succeeds: true, timeout: timeout, attemptTimeout: attemptTimeout, location: .init(file: file, line: line))
     }
 
-    /// Waits until `command` exits non-zero; returns its output.
+    /// Waits until `command` exits non-zero; returns its output. Attempts are
+    /// bounded as in `waitUntilSucceeds`; one that times out is not a failure
+    /// of the command, so it does not end the wait.
     /// - Throws: `.timeout` with the last attempt's output.
     @discardableResult
     public func waitUntilFails(
-        _ command: String, timeout: Double = 900, file: String = #filePath, line: Int = #line
+        _ command: String, timeout: Double = 900, attemptTimeout: Double? = nil, file: String = #filePath, line: Int = #line
     ) async throws(VouchError) -> String {
-        try await waitUntil(command, succeeds: false, timeout: timeout, location: .init(file: file, line: line))
+        try await waitUntil(command, succeeds: false, timeout: timeout, attemptTimeout: attemptTimeout, location: .init(file: file, line: line))
     }
 
-    private func waitUntil(_ command: String, succeeds: Bool, timeout: Double, location: SourceLocation) async throws(VouchError) -> String {
+    private func waitUntil(
+        _ command: String, succeeds: Bool, timeout: Double, attemptTimeout: Double?, location: SourceLocation
+    ) async throws(VouchError) -> String {
         let goal = succeeds ? "succeed" : "fail"
         log.log("waiting for \(succeeds ? "success" : "failure"): \(command)", machine: name)
         let output = OutputBox()
         try await poll("`\(command)` to \(goal)", timeout: timeout, location: location) { deadline throws(VouchError) in
-            let r = try await self.execute(command, timeout: deadline.remaining, file: location.file, line: location.line)
+            let bound = attemptTimeout.map { min($0, deadline.remaining) } ?? deadline.remaining
+            let r: CommandResult
+            do throws(VouchError) {
+                r = try await self.execute(command, timeout: bound, file: location.file, line: location.line)
+            } catch where error.kind == .timeout && attemptTimeout != nil && !deadline.hasPassed {
+                return .notYet(seen: "the attempt was interrupted after \(formatSeconds(bound)) (attempt_timeout)")
+            }
             if (r.status == 0) == succeeds { output.value = r.text; return .done }
             return .notYet(seen: "exit status \(r.status)\n\(r.text)")
         }
@@ -161,9 +177,10 @@ extension Machine {
         return found.value
     }
 
-    /// Everything the serial console printed since the machine was created
-    /// (read from its console log file).
-    public func getConsoleLog() -> String { console.fullText }
+    /// Everything the serial console printed since the machine last started
+    /// (read from its console log file, which keeps all boots), as nixpkgs'
+    /// `get_console_log`.
+    public func getConsoleLog() -> String { console.sinceBoot }
 
     /// Sleeps `seconds` (guest time passes as host time).
     /// - Throws: `.cancelled`.

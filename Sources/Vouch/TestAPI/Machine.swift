@@ -103,6 +103,7 @@ public actor Machine {
         let began = ContinuousClock.now
         let firstBoot = lastBootSeconds == nil
         context.health.reset()
+        context.console.markBoot()
         if let old = backend, old.exitStatus != nil {
             await old.stop(keepState: true)
             backend = nil
@@ -386,9 +387,9 @@ public actor Machine {
             let result = try await execute(command, timeout: timeout, file: location.file, line: location.line)
             guard (result.status == 0) == expectingSuccess else {
                 throw expectingSuccess
-                    ? VouchError(.commandFailed, "command `\(command)` failed (exit code \(result.status))", machine: name,
+                    ? VouchError(.commandFailed, NixpkgsMessage.commandFailed.format(["command": command, "status": "\(result.status)"]), machine: name,
                                  command: command, status: result.status, outputTail: tail(result.text), location: location)
-                    : VouchError(.commandSucceeded, "command `\(command)` unexpectedly succeeded", machine: name,
+                    : VouchError(.commandSucceeded, NixpkgsMessage.commandSucceeded.format(["command": command]), machine: name,
                                  command: command, status: 0, outputTail: tail(result.text), location: location)
             }
             output += result.text

@@ -78,7 +78,12 @@ public struct NetworkPlan: Sendable, Equatable {
             addresses.append("\(Self.forwardingMAC(node: node.number))@\(Self.forwardingAddress)/24@fec0::15/64")
         }
         if !addresses.isEmpty { params.append("vouch.ip=" + addresses.joined(separator: ",")) }
-        let hosts = nodes.compactMap { n in n.nics.first.map { "\(n.name)@\($0.ipv4)@\($0.ipv6)" } }
+        // The node's name and, where it differs, the host name it runs with (`one_two`, `onetwo`).
+        let hosts = nodes.flatMap { n -> [String] in
+            guard let nic = n.nics.first else { return [] }
+            let names = Set([n.name, HostName.forNode(n.name)]).sorted()
+            return names.map { "\($0)@\(nic.ipv4)@\(nic.ipv6)" }
+        }
         if !hosts.isEmpty { params.append("vouch.hosts=" + hosts.joined(separator: ",")) }
         return params.joined(separator: " ")
     }

@@ -105,7 +105,7 @@ final class NspawnBackend: Backend, PowerControl, Crashable, LinkControl, PortFo
         guard case .root(let rootDirectory) = source else { return try spawnStartScript() }
         let name = context.name
         var commandLine = NspawnCommandLine(
-            rootDirectory: rootDirectory, hostname: name,
+            rootDirectory: rootDirectory, hostname: HostName.forNode(name),
             machineName: NspawnCommandLine.machineName(for: name, token: token),
             sharedDirectory: context.sharedDirectory, extraArgs: extraArgs)
         let enter = context.network?.enterNamespace()

@@ -28,6 +28,8 @@ final class QEMUBackend: Backend, PowerControl, Crashable, LinkControl, PortForw
     struct State {
         var process: ChildProcess?
         var qmp: QMPClient?
+        /// Connected on first use (`monitorTranscript`).
+        var monitor: HumanMonitorClient?
         var channel: GuestChannel?
         var pumps: [Task<Void, Never>] = []
         var forwarders: [PortForwarder] = []
@@ -119,7 +121,7 @@ final class QEMUBackend: Backend, PowerControl, Crashable, LinkControl, PortForw
             context.log.warning("cannot raise the console socket buffer (not root?): large outputs may be lost if Vouch is starved for CPU", machine: name)
         }
 
-        let args = commandLine.arguments(hostnameParameter: hostnameParameter, hostname: name)
+        let args = commandLine.arguments(hostnameParameter: hostnameParameter, hostname: HostName.forNode(name))
         // With a TAP network, QEMU runs inside the test's network namespace.
         let enter = context.network?.enterNamespace()
         let program: String
@@ -280,7 +282,45 @@ final class QEMUBackend: Backend, PowerControl, Crashable, LinkControl, PortForw
     }
 
     func monitorCommand(_ command: String) async throws(VouchError) -> String {
-        try await qmp().execute("human-monitor-command", ["command-line": .string(command)]).stringValue ?? ""
+        try await asked(hmp: command) { () throws(VouchError) in
+            try await qmp().execute("human-monitor-command", ["command-line": .string(command)]).stringValue ?? ""
+        }
+    }
+
+    /// Runs `body`, which sends a monitor command the script asked for: a
+    /// `stop` among them is a pause Vouch asked for, not a fault.
+    private func asked<T>(hmp command: String? = nil, qmp: String? = nil, _ body: () async throws(VouchError) -> T) async throws(VouchError) -> T {
+        let word = command?.split(separator: " ").first.map(String.init) ?? qmp ?? ""
+        let stops = ["stop", "s"].contains(word), resumes = ["cont", "c"].contains(word)
+        if stops { state.withLock { $0.pausing = true } }
+        let result = try await body()
+        if resumes { state.withLock { $0.pausing = false } }
+        return result
+    }
+
+    func monitorTranscript(_ command: String) async throws(VouchError) -> String {
+        let monitor: HumanMonitorClient
+        if let connected = state.withLock({ $0.monitor }) {
+            monitor = connected
+        } else {
+            _ = try qmp()  // QEMU is running
+            monitor = try await HumanMonitorClient.connect(path: QEMUCommandLine.monitorSocket(in: context.stateDirectory), machine: context.name)
+            let raced = state.withLock { s -> HumanMonitorClient? in
+                if let other = s.monitor { return other }
+                s.monitor = monitor
+                return nil
+            }
+            if let raced { monitor.close(); return try await asked(hmp: command) { () throws(VouchError) in try await raced.transcript(command) } }
+        }
+        return try await asked(hmp: command) { () throws(VouchError) in try await monitor.transcript(command) }
+    }
+
+    func qmpReply(_ command: String, arguments: JSONValue?) async throws(VouchError) -> JSONValue {
+        try await asked(qmp: command) { () throws(VouchError) in try await qmp().reply(command, arguments) }
+    }
+
+    func nextQMPEvent(timeout: Double) async throws(VouchError) -> JSONValue? {
+        try await qmp().nextScriptEvent(timeout: timeout)
     }
 
     func qmp() throws(VouchError) -> QMPClient {
@@ -303,14 +343,16 @@ final class QEMUBackend: Backend, PowerControl, Crashable, LinkControl, PortForw
     /// `discard`: the guest's state is thrown away, so QEMU is killed at once
     /// instead of asked to quit. Bounded: about 3 s when QEMU is frozen.
     func endProcess(discard: Bool = false) async {
-        let (process, qmp, channel, pumps, forwarders) = state.withLock { s in
+        let (process, qmp, channel, pumps, forwarders, monitor) = state.withLock { s in
             defer {
                 s.forwarders.removeAll()
                 s.qmp = nil
+                s.monitor = nil
                 s.channel = nil
             }
-            return (s.process, s.qmp, s.channel, s.pumps, s.forwarders)
+            return (s.process, s.qmp, s.channel, s.pumps, s.forwarders, s.monitor)
         }
+        monitor?.close()
         for forwarder in forwarders { await forwarder.stop() }
         if let process, process.exitStatus == nil {
             if discard || process.stateNote(as: "QEMU") != nil {

@@ -69,6 +69,11 @@ package struct QEMUCommandLine {
 
     package var qmpSocket: String { stateDirectory + "/qmp" }
 
+    /// The human monitor's socket (nixpkgs' `send_monitor_command` talks to one).
+    package var monitorSocket: String { Self.monitorSocket(in: stateDirectory) }
+
+    package static func monitorSocket(in stateDirectory: String) -> String { stateDirectory + "/monitor" }
+
     /// The fd QEMU inherits as its end of the guest shell socket.
     package static let shellFD = 3
 
@@ -78,6 +83,7 @@ package struct QEMUCommandLine {
         let mmio = config.board == .microvm
         var args = [
             "-qmp", "unix:\(qmpSocket),server=on,wait=off",
+            "-monitor", "unix:\(monitorSocket),server=on,wait=off",
             "-chardev", "socket,id=shell,fd=\(Self.shellFD)",
             "-device", mmio ? "virtio-serial-device" : "virtio-serial",
             "-device", "virtconsole,chardev=shell",

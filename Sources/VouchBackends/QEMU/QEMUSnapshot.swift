@@ -201,7 +201,7 @@ extension QEMUBackend: Snapshotting {
             accelerator: accel, overlay: rootDisk == nil ? nil : context.stateDirectory + "/root.qcow2", network: context.network)
         // Per-run paths (state, shared directory, switch sockets) all live in the run directory.
         let runDirectory = (context.stateDirectory as NSString).deletingLastPathComponent
-        let args = commandLine.arguments(hostnameParameter: hostnameParameter, hostname: context.name)
+        let args = commandLine.arguments(hostnameParameter: hostnameParameter, hostname: HostName.forNode(context.name))
             .map { $0.replacingOccurrences(of: runDirectory, with: "$RUN") }
         var lines = ["format \(QEMUSnapshotFiles.formatVersion)", "qemu \(await Self.qemuVersion(config.qemuBinary))"]
         if accel == .kvm { lines.append("host-cpu \(Self.hostCPUModel)") }

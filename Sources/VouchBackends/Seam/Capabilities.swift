@@ -67,10 +67,23 @@ package protocol KeyInput: Backend {
     func sendKeys(_ keys: [String]) async throws(VouchError)
 }
 
-/// The VMM has a QEMU human monitor.
+/// The VMM has QEMU's monitors: the human monitor and QMP.
 package protocol MonitorAccess: Backend {
-    /// Runs a monitor command (e.g. `info status`) and returns what it printed.
+    /// Runs a monitor command (e.g. `info status`) and returns its output.
     func monitorCommand(_ command: String) async throws(VouchError) -> String
+
+    /// Runs a human monitor command and returns everything a client of the
+    /// monitor socket reads for it: the line editor's echo, the output (CR
+    /// LF) and the next `(qemu) ` prompt, as nixpkgs' `send_monitor_command`.
+    func monitorTranscript(_ command: String) async throws(VouchError) -> String
+
+    /// Sends a QMP command and returns QEMU's whole reply, `{"return": …}`
+    /// or `{"error": {"class": …, "desc": …}}` (a refusal is not an error).
+    func qmpReply(_ command: String, arguments: JSONValue?) async throws(VouchError) -> JSONValue
+
+    /// The next QMP event this machine's QEMU sent that the script has not
+    /// read yet, waiting up to `timeout` seconds; nil if none came.
+    func nextQMPEvent(timeout: Double) async throws(VouchError) -> JSONValue?
 }
 
 /// Files can be copied between the host and the guest through the run's

@@ -7,7 +7,8 @@ import VouchSupport
 struct BridgeArgument: Sendable {
     /// The JSON type it must have.
     enum Kind: String, Sendable {
-        case string, number, integer, bool, strings
+        /// `json`: any JSON value (QMP arguments).
+        case string, number, integer, bool, strings, json
     }
 
     let name: String
@@ -21,6 +22,7 @@ struct BridgeArgument: Sendable {
     static func integer(_ name: String, nullable: Bool = false) -> BridgeArgument { .init(name: name, kind: .integer, nullable: nullable) }
     static func bool(_ name: String) -> BridgeArgument { .init(name: name, kind: .bool, nullable: false) }
     static func strings(_ name: String) -> BridgeArgument { .init(name: name, kind: .strings, nullable: false) }
+    static func json(_ name: String) -> BridgeArgument { .init(name: name, kind: .json, nullable: true) }
     /// A timeout in seconds; null means none (Vouch waits have a deadline all the same: `BridgeArguments.unlimited`).
     static func timeout() -> BridgeArgument { .init(name: "timeout", kind: .number, nullable: true) }
 }
@@ -59,6 +61,7 @@ struct BridgeCall: Sendable {
             case .integer: value.intValue != nil
             case .bool: value.boolValue != nil
             case .strings: value.arrayValue?.allSatisfy { $0.stringValue != nil } == true
+            case .json: true
             }
             guard fits else {
                 throw VouchError(.invalidSpec, "\(name): argument '\(argument.name)' must be \(argument.kind == .strings ? "a list of strings" : "a \(argument.kind.rawValue)"), got \(value)")
@@ -118,7 +121,18 @@ enum BridgeTable {
                 ])
             }),
             "errors": .object(exceptionClasses.mapValues { .string($0) }),
+            "messages": .object(Dictionary(uniqueKeysWithValues: NixpkgsMessage.allCases.map { ($0.key, .string($0.rawValue)) })),
         ])
+    }
+
+    /// What the Python side needs to know of a machine to build its object.
+    static func describe(_ machine: Machine) -> JSONValue {
+        [
+            "name": .string(machine.name),
+            "backend": .string(machine.backendName),
+            "stateDirectory": .string(machine.context.stateDirectory),
+            "sharedDirectory": .string(machine.context.sharedDirectory),
+        ]
     }
 
     private static func machine(
@@ -147,7 +161,7 @@ enum BridgeTable {
         machine("shutdown") { m, _, _ throws(VouchError) in try await m.shutdown(); return .null },
         machine("crash") { m, _, _ throws(VouchError) in try await m.crash(); return .null },
         machine("reboot") { m, _, _ throws(VouchError) in try await m.reboot(); return .null },
-        machine("wait_for_shutdown") { m, _, _ throws(VouchError) in try await m.waitForShutdown(timeout: BridgeArguments.unlimited); return .null },
+        machine("wait_for_shutdown", [.timeout()]) { m, a, _ throws(VouchError) in try await m.waitForShutdown(timeout: a.timeout); return .null },
         machine("execute", [.string("command"), .timeout(), .bool("tolerate_loss")]) { m, a, at throws(VouchError) in
             do throws(VouchError) {
                 let r = try await m.execute(a.string("command"), timeout: a.timeout, file: at.file, line: at.line)
@@ -166,11 +180,13 @@ enum BridgeTable {
             for command in a.strings("commands") { output += try await m.fail(command, timeout: a.timeout, file: at.file, line: at.line) }
             return .string(output)
         },
-        machine("wait_until_succeeds", [.string("command"), .timeout()]) { m, a, at throws(VouchError) in
-            .string(try await m.waitUntilSucceeds(a.string("command"), timeout: a.timeout, file: at.file, line: at.line))
+        machine("wait_until_succeeds", [.string("command"), .timeout(), .number("attempt_timeout", nullable: true)]) { m, a, at throws(VouchError) in
+            .string(try await m.waitUntilSucceeds(a.string("command"), timeout: a.timeout, attemptTimeout: a.optionalNumber("attempt_timeout"),
+                                                  file: at.file, line: at.line))
         },
-        machine("wait_until_fails", [.string("command"), .timeout()]) { m, a, at throws(VouchError) in
-            .string(try await m.waitUntilFails(a.string("command"), timeout: a.timeout, file: at.file, line: at.line))
+        machine("wait_until_fails", [.string("command"), .timeout(), .number("attempt_timeout", nullable: true)]) { m, a, at throws(VouchError) in
+            .string(try await m.waitUntilFails(a.string("command"), timeout: a.timeout, attemptTimeout: a.optionalNumber("attempt_timeout"),
+                                               file: at.file, line: at.line))
         },
         machine("sleep", [.number("seconds")]) { m, a, _ throws(VouchError) in try await m.sleep(a.number("seconds")); return .null },
         machine("wait_for_unit", [.string("unit"), .string("user", nullable: true), .timeout()]) { m, a, at throws(VouchError) in
@@ -216,6 +232,11 @@ enum BridgeTable {
         machine("get_unit_property", [.string("unit"), .string("property"), .string("user", nullable: true)]) { m, a, at throws(VouchError) in
             .string(try await m.getUnitProperty(a.string("unit"), a.string("property"), user: a.optionalString("user"), file: at.file, line: at.line))
         },
+        machine("wait_for_unit_active_state", [.string("unit"), .string("state"), .string("user", nullable: true), .timeout()]) { m, a, at throws(VouchError) in
+            try await m.waitForUnitActiveState(a.string("unit"), a.string("state"), user: a.optionalString("user"), timeout: a.timeout,
+                                               file: at.file, line: at.line)
+            return .null
+        },
         machine("require_unit_state", [.string("unit"), .string("state")]) { m, a, at throws(VouchError) in
             try await m.requireUnitState(a.string("unit"), a.string("state"), file: at.file, line: at.line)
             return .null
@@ -234,8 +255,15 @@ enum BridgeTable {
             .number(Double(try await m.forwardPort(host: a.optionalInt("host_port"), guest: a.int("guest_port"))))
         },
         machine("send_key", [.string("key")]) { m, a, _ throws(VouchError) in try await m.sendKey(a.string("key")); return .null },
+        // nixpkgs returns the monitor's raw transcript, prompt included.
         machine("send_monitor_command", [.string("command")]) { m, a, _ throws(VouchError) in
-            .string(try await m.sendMonitorCommand(a.string("command")))
+            .string(try await m.monitorTranscript(a.string("command")))
+        },
+        machine("qmp_send", [.string("command"), .json("arguments")]) { m, a, _ throws(VouchError) in
+            try await m.qmp(a.string("command"), arguments: a.values["arguments"].flatMap { $0 == .null ? nil : $0 })
+        },
+        machine("qmp_next_event", [.timeout()]) { m, a, _ throws(VouchError) in
+            try await m.nextQMPEvent(timeout: a.timeout) ?? .null
         },
         machine("snapshot_create", [.string("name")]) { m, a, _ throws(VouchError) in try await m.snapshot(a.string("name")); return .null },
         machine("snapshot_restore", [.string("name")]) { m, a, _ throws(VouchError) in try await m.restore(a.string("name")); return .null },
@@ -245,7 +273,7 @@ enum BridgeTable {
         driver("hello") { context, _ in
             let d = context.driver
             return [
-                "machines": .array(d.machines.map { .string($0.name) }),
+                "machines": .array(d.machines.map(describe)),
                 "vlans": .array(d.network.vlans.map { vlan in
                     ["nr": .number(Double(vlan)),
                      "socketDirectory": d.spec.network == .vde ? .string(d.runDirectory + "/vde\(vlan).ctl") : .null]
@@ -257,6 +285,9 @@ enum BridgeTable {
             ]
         },
         driver("start_all") { context, _ throws(VouchError) in try await context.driver.startAll(); return .null },
+        driver("create_machine", [.string("start_command"), .string("name", nullable: true)]) { context, a throws(VouchError) in
+            describe(try context.driver.createMachine(startScript: a.string("start_command"), name: a.optionalString("name")))
+        },
         driver("snapshot_all", [.string("name")]) { context, a throws(VouchError) in
             try await context.driver.snapshotAll(a.string("name"))
             return .null
@@ -309,6 +340,10 @@ struct BridgeArguments: Sendable {
     func number(_ key: String) -> Double {
         if case .number(let n)? = values[key] { return n }
         return 0
+    }
+    func optionalNumber(_ key: String) -> Double? {
+        if case .number(let n)? = values[key] { return n }
+        return nil
     }
     func int(_ key: String) -> Int { values[key]?.intValue ?? 0 }
     func optionalInt(_ key: String) -> Int? { values[key]?.intValue }
