@@ -13,7 +13,7 @@ import Testing
 struct PythonCompatTests {
     let conformance = packageRoot.appendingPathComponent("Tests/Conformance")
 
-    func run(_ spec: String, _ script: String, _ extra: [String] = []) async throws -> (status: Int32, output: String, out: URL) {
+    func run(_ spec: String, _ script: String, _ extra: [String] = [], env: [String: String] = [:]) async throws -> (status: Int32, output: String, out: URL) {
         let out = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vouch-py-\(UUID().uuidString.prefix(8))")
         // A private TMPDIR: the run directory must be gone from it afterwards.
         let tmp = out.appendingPathComponent("tmp")
@@ -22,6 +22,7 @@ struct PythonCompatTests {
         environment["NO_COLOR"] = "1"
         environment["TMPDIR"] = tmp.path
         environment["XDG_RUNTIME_DIR"] = nil
+        environment.merge(env) { _, new in new }
         let (status, output) = try await runCLI(
             ["run", conformance.appendingPathComponent(spec).path, "--script", conformance.appendingPathComponent(script).path,
              "-o", out.path] + extra, environment: environment)
@@ -70,11 +71,8 @@ struct PythonCompatTests {
         #expect(output.contains("timeout reached; test terminating..."))
     }
 
-    @Test func inlineConfigScriptRuns() async throws {
-        // A driverConfiguration whose test_script is the script text itself.
-        let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vouch-pycfg-\(UUID().uuidString.prefix(8))")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
+    /// A start script like nixpkgs' `run-solo-vm`, booting the minimal image.
+    func standInStartScript(in dir: URL) throws -> URL {
         let start = dir.appendingPathComponent("run-solo-vm")
         let image = try GuestImage.resolve("minimal")
         try """
@@ -83,6 +81,47 @@ struct PythonCompatTests {
               -initrd \(image.initrd!.path) -append "console=ttyS0 panic=-1 $QEMU_KERNEL_PARAMS" $QEMU_OPTS "$@"
             """.write(to: start, atomically: true, encoding: .utf8)
         chmod(start.path, 0o755)
+        return start
+    }
+
+    /// Today's nixpkgs API: test_driver imports, timedelta, exact texts,
+    /// attempt_timeout, QMP, retry's new form, the NixOS host name.
+    @Test func todaysAPIScriptPasses() async throws {
+        let (status, output, out) = try await run("one-systemd.json", "today_api.py")
+        defer { try? FileManager.default.removeItem(at: out) }
+        #expect(status == 0, "\(output.suffix(3000))")
+        #expect(output.contains(#"Test "a failing subtest" failed with error: ""#), "\(output.suffix(3000))")
+        let junit = try String(contentsOf: out.appendingPathComponent("junit.xml"), encoding: .utf8)
+        #expect(junit.contains(#"name="a failing subtest""#) && junit.contains(#"failures="1""#), "\(junit)")
+    }
+
+    /// No nodes at all; the script makes its machines from start scripts.
+    @Test func aTestWithoutNodesCreatesItsMachines() async throws {
+        let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vouch-pynodes-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let start = try standInStartScript(in: dir)
+        let (status, output, out) = try await run("no-nodes.json", "no_nodes.py", env: ["VOUCH_CONFORMANCE_START_SCRIPT": start.path])
+        defer { try? FileManager.default.removeItem(at: out) }
+        #expect(status == 0, "\(output.suffix(3000))")
+        #expect(output.contains("created machine made from \(start.path)"), "\(output.suffix(2000))")
+    }
+
+    /// nixpkgs' `log.error` ends the test.
+    @Test func logErrorEndsTheTest() async throws {
+        let (status, output, out) = try await run("no-nodes.json", "log_error.py")
+        defer { try? FileManager.default.removeItem(at: out) }
+        #expect(status == 1, "\(output.suffix(2000))")
+        #expect(output.contains("stopping here on purpose"))
+        #expect(!output.contains("never reached"))
+    }
+
+    @Test func inlineConfigScriptRuns() async throws {
+        // A driverConfiguration whose test_script is the script text itself.
+        let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vouch-pycfg-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let start = try standInStartScript(in: dir)
         let config: JSONValue = [
             "vms": ["solo": ["name": "solo", "start_script": .string(start.path)]],
             "vlans": [1], "global_timeout": 600,

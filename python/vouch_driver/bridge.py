@@ -32,9 +32,10 @@ class VouchError(Exception):
         self.kind = kind
 
 
-class RequestedAssertionFailed(VouchError):
+class RequestedAssertionFailed(VouchError, AssertionError):
     """A test assertion failed (a command's status, a wait that timed out, a
-    unit that failed), as opposed to the machinery breaking."""
+    unit that failed), as opposed to the machinery breaking.  An
+    AssertionError, as nixpkgs' class of the same name."""
 
 
 class MachineError(VouchError):

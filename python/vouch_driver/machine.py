@@ -1,36 +1,54 @@
-"""Machine objects with the nixpkgs driver's method names, signatures,
-defaults and return values, each forwarding to Vouch's Machine."""
+"""Machine objects with the nixpkgs driver's classes, method names,
+signatures, defaults and return values, each forwarding to Vouch's Machine.
+
+``BaseMachine`` has what every backend has; ``QemuMachine`` (VMs) and
+``NspawnMachine`` (containers) are the classes nixpkgs' scripts and type
+stubs name; ``RemoteMachine`` is Vouch's existing hosts (ssh).  Durations
+are ``datetime.timedelta`` or, the older form, seconds."""
 
 import os
-import re
+import pathlib
 import shlex
 
 from .bridge import NotSupportedByVouch, bridge
+from .durations import FIFTEEN_MINUTES, seconds
+from .messages import message
+from .qmp import QMPSession
 
 # Python driver methods Vouch does not implement (yet).  Calling one raises
 # NotSupportedByVouch naming it, instead of an AttributeError.
 UNSUPPORTED = [
     "screenshot", "get_screen_text", "get_screen_text_variants", "wait_for_text",
-    "send_chars", "send_console", "wait_for_qmp_event",
+    "send_chars", "send_console",
     "get_tty_text", "wait_until_tty_matches", "dump_tty_contents", "wait_for_x",
     "get_window_names", "wait_for_window", "console_interact", "switch_root",
+    "ssh_backdoor_command", "create_efi_vars", "write_efi_vars", "read_efi_vars", "dump_efi_vars",
 ]
 
 
-class Machine:
+class BaseMachine:
     """One node of the test, as the script sees it."""
 
-    def __init__(self, name, callbacks):
-        self.name = name
-        self._callbacks = callbacks
+    def __init__(self, info, callbacks, out_dir):
+        self.name = info["name"]
+        self.backend = info.get("backend", "qemu")
+        self.out_dir = pathlib.Path(out_dir)
+        self.state_dir = pathlib.Path(info.get("stateDirectory", "/nonexistent/vm-state-" + self.name))
+        self.tmp_dir = self.state_dir.parent
+        self.shared_dir = pathlib.Path(info.get("sharedDirectory", str(self.tmp_dir / "shared-xchg")))
+        self.keep_machine_state = False
+        self.callbacks = callbacks
 
     def __repr__(self):
-        return f"<Machine '{self.name}'>"
+        return f"<{type(self).__name__} '{self.name}'>"
 
     def _call(self, method, **args):
-        for callback in self._callbacks:
-            callback()
+        self.run_callbacks()
         return bridge().call(method, machine=self.name, **args)
+
+    def run_callbacks(self):
+        for callback in self.callbacks:
+            callback()
 
     def __getattr__(self, attr):
         if attr in UNSUPPORTED:
@@ -55,36 +73,32 @@ class Machine:
     def log(self, msg):
         bridge().call("log", message=str(msg), level="info", machine_name=self.name)
 
+    def log_serial(self, msg):
+        self.log(msg)
+
     def nested(self, msg, attrs=None):
         from .symbols import _Nested
         return _Nested(str(msg), self.name)
 
     # -- lifecycle -----------------------------------------------------------
 
-    def start(self, allow_reboot=False):
-        """Boots the machine; with allow_reboot, a reboot in the guest resets it instead of ending it."""
-        self._call("start", allow_reboot=bool(allow_reboot))
+    def start(self):
+        self._call("start", allow_reboot=False)
 
     def shutdown(self):
         self._call("shutdown")
 
-    def crash(self):
-        self._call("crash")
-
-    def reboot(self):
-        self._call("reboot")
-
-    def wait_for_shutdown(self):
-        self._call("wait_for_shutdown")
+    def wait_for_shutdown(self, timeout=None):
+        self._call("wait_for_shutdown", timeout=seconds(timeout))
 
     def release(self):
         self._call("crash")
 
     # -- commands ------------------------------------------------------------
 
-    def execute(self, command, check_return=True, check_output=True, timeout=900):
+    def execute(self, command, check_return=True, check_output=True, timeout=FIFTEEN_MINUTES):
         status, output = self._call(
-            "execute", command=command, timeout=timeout,
+            "execute", command=command, timeout=seconds(timeout),
             tolerate_loss=not (check_return and check_output))
         if not check_output:
             return (-2, "")
@@ -93,39 +107,52 @@ class Machine:
         return (status, output)
 
     def succeed(self, *commands, timeout=None):
-        return self._call("succeed", commands=[str(c) for c in commands], timeout=timeout)
+        return self._call("succeed", commands=[str(c) for c in commands], timeout=seconds(timeout))
 
     def fail(self, *commands, timeout=None):
-        return self._call("fail", commands=[str(c) for c in commands], timeout=timeout)
+        return self._call("fail", commands=[str(c) for c in commands], timeout=seconds(timeout))
 
-    def wait_until_succeeds(self, command, timeout=900):
-        return self._call("wait_until_succeeds", command=command, timeout=timeout)
+    def wait_until_succeeds(self, command, timeout=FIFTEEN_MINUTES, attempt_timeout=None):
+        return self._call("wait_until_succeeds", command=command, timeout=seconds(timeout),
+                          attempt_timeout=seconds(attempt_timeout))
 
-    def wait_until_fails(self, command, timeout=900):
-        return self._call("wait_until_fails", command=command, timeout=timeout)
+    def wait_until_fails(self, command, timeout=FIFTEEN_MINUTES, attempt_timeout=None):
+        return self._call("wait_until_fails", command=command, timeout=seconds(timeout),
+                          attempt_timeout=seconds(attempt_timeout))
 
-    def sleep(self, secs):
-        self._call("sleep", seconds=float(secs))
+    def sleep(self, secs=None, duration=None):
+        if secs is not None and duration is not None:
+            raise TypeError(message("sleepBothArguments"))
+        if secs is None and duration is None:
+            raise TypeError(message("sleepNoArgument"))
+        self._call("sleep", seconds=seconds(duration if duration is not None else secs, allow_none=False))
 
     # -- waits ---------------------------------------------------------------
 
-    def wait_for_unit(self, unit, user=None, timeout=900):
-        self._call("wait_for_unit", unit=unit, user=user, timeout=timeout)
+    def wait_for_unit(self, unit, user=None, timeout=FIFTEEN_MINUTES):
+        self._call("wait_for_unit", unit=unit, user=user, timeout=seconds(timeout))
 
-    def wait_for_file(self, filename, timeout=900):
-        self._call("wait_for_file", path=filename, timeout=timeout)
+    def wait_for_unit_active_state(self, unit, state, user=None, timeout=FIFTEEN_MINUTES):
+        """Waits until the unit's ActiveState is ``state``, whatever it passes through."""
+        self._call("wait_for_unit_active_state", unit=unit, state=state, user=user, timeout=seconds(timeout))
 
-    def wait_for_open_port(self, port, addr="localhost", timeout=900):
-        self._call("wait_for_open_port", port=int(port), addr=addr, timeout=timeout)
+    def wait_for_job(self, jobname):
+        self.wait_for_unit(jobname)
 
-    def wait_for_closed_port(self, port, addr="localhost", timeout=900):
-        self._call("wait_for_closed_port", port=int(port), addr=addr, timeout=timeout)
+    def wait_for_file(self, filename, timeout=FIFTEEN_MINUTES):
+        self._call("wait_for_file", path=str(filename), timeout=seconds(timeout))
 
-    def wait_for_open_unix_socket(self, addr, is_datagram=False, timeout=900):
-        self._call("wait_for_open_unix_socket", path=addr, is_datagram=bool(is_datagram), timeout=timeout)
+    def wait_for_open_port(self, port, addr="localhost", timeout=FIFTEEN_MINUTES):
+        self._call("wait_for_open_port", port=int(port), addr=addr, timeout=seconds(timeout))
+
+    def wait_for_closed_port(self, port, addr="localhost", timeout=FIFTEEN_MINUTES):
+        self._call("wait_for_closed_port", port=int(port), addr=addr, timeout=seconds(timeout))
+
+    def wait_for_open_unix_socket(self, addr, is_datagram=False, timeout=FIFTEEN_MINUTES):
+        self._call("wait_for_open_unix_socket", path=str(addr), is_datagram=bool(is_datagram), timeout=seconds(timeout))
 
     def wait_for_console_text(self, regex, timeout=None):
-        return self._call("wait_for_console_text", regex=regex, timeout=timeout)
+        return self._call("wait_for_console_text", regex=regex, timeout=seconds(timeout))
 
     def get_console_log(self):
         return self._call("get_console_log")
@@ -167,12 +194,29 @@ class Machine:
                      f"echo -n {content} | base64 -d > {shlex.quote(target)}")
 
     def copy_from_machine(self, source, target_dir=""):
+        """Copies ``source`` to ``out_dir / target_dir`` (an absolute
+        ``target_dir`` is used as it is, as pathlib's ``/`` does)."""
         self._call("copy_from_machine", source=str(source), target_dir=str(target_dir))
 
     def copy_from_vm(self, source, target_dir=""):
         self.copy_from_machine(source, target_dir)
 
-    # -- network, keys, snapshots ---------------------------------------------
+    # -- interactive ---------------------------------------------------------
+
+    def shell_interact(self, address=None):
+        from .interact import shell_interact
+        shell_interact(self)
+
+
+class _VMMachine(BaseMachine):
+    """What VMs and containers share beyond the base: crash, reboot, links,
+    port forwarding, snapshots."""
+
+    def crash(self):
+        self._call("crash")
+
+    def reboot(self):
+        self._call("reboot")
 
     def block(self):
         self._call("block")
@@ -183,20 +227,78 @@ class Machine:
     def forward_port(self, host_port=8080, guest_port=80):
         return self._call("forward_port", host_port=None if host_port is None else int(host_port), guest_port=int(guest_port))
 
-    def send_key(self, key, delay=0.01, log=True):
-        self._call("send_key", key=key)
-
-    def send_monitor_command(self, command):
-        return self._call("send_monitor_command", command=command)
-
     def snapshot_create(self, name):
         self._call("snapshot_create", name=str(name))
 
     def snapshot_restore(self, name):
         self._call("snapshot_restore", name=str(name))
 
-    # -- interactive ---------------------------------------------------------
 
-    def shell_interact(self, address=None):
-        from .interact import shell_interact
-        shell_interact(self)
+class QemuMachine(_VMMachine):
+    """A VM (nixpkgs' ``QemuMachine``)."""
+
+    def __init__(self, info, callbacks, out_dir):
+        super().__init__(info, callbacks, out_dir)
+        self._qmp = QMPSession(self.name)
+
+    def start(self, allow_reboot=False):
+        """Boots the machine; with allow_reboot, a reboot in the guest resets it instead of ending it."""
+        self._call("start", allow_reboot=bool(allow_reboot))
+
+    @property
+    def qmp_client(self):
+        """The machine's QMP connection (``send``, ``wait_for_event``, ``events``)."""
+        return self._qmp
+
+    def send_monitor_command(self, command):
+        """What the human monitor printed for ``command``, its ``(qemu) `` prompt included."""
+        return self._call("send_monitor_command", command=command)
+
+    def wait_for_qmp_event(self, event_filter, timeout=None):
+        """The first QMP event from now on for which ``event_filter(event)`` is true.
+
+        Raises TimeoutError when none comes within ``timeout`` (10 minutes)."""
+        import time
+        limit = 600.0 if timeout is None else seconds(timeout, allow_none=False)
+        deadline = time.monotonic() + limit
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError()
+            event = self._call("qmp_next_event", timeout=remaining)
+            if event is None:
+                raise TimeoutError()
+            if event_filter(event):
+                return event
+
+    def send_key(self, key, delay=None, log=True):
+        self._call("send_key", key=key)
+
+
+class NspawnMachine(_VMMachine):
+    """A systemd-nspawn container (nixpkgs' ``NspawnMachine``)."""
+
+
+class RemoteMachine(BaseMachine):
+    """An existing host driven over ssh (Vouch's ``ssh`` backend)."""
+
+    def crash(self):
+        self._call("crash")
+
+    def reboot(self):
+        self._call("reboot")
+
+    def forward_port(self, host_port=8080, guest_port=80):
+        return self._call("forward_port", host_port=None if host_port is None else int(host_port), guest_port=int(guest_port))
+
+
+_CLASSES = {"qemu": QemuMachine, "nspawn": NspawnMachine, "ssh": RemoteMachine}
+
+
+def make_machine(info, callbacks, out_dir):
+    """The object of the right class for a machine Vouch describes."""
+    return _CLASSES.get(info.get("backend"), BaseMachine)(info, callbacks, out_dir)
+
+
+# Before 2026 nixpkgs had one class, `Machine`.
+Machine = QemuMachine

@@ -11,6 +11,7 @@ with the problems listed; the suite runs this with the table Vouch itself
 serves.
 """
 
+import datetime as dt
 import json
 import os
 import socket
@@ -28,7 +29,9 @@ _RESULTS = {
     "wait_until_fails": "", "wait_for_console_text": "", "get_console_log": "", "systemctl": [0, ""],
     "start_job": [0, ""], "stop_job": [0, ""], "get_unit_info": {"ActiveState": "active"},
     "get_unit_property": "active", "copy_from_machine": "/out/x", "forward_port": 8080,
-    "send_monitor_command": "", "shell_interact": "/nonexistent",
+    "send_monitor_command": "(qemu) ", "shell_interact": "/nonexistent",
+    "qmp_send": {"return": {}}, "qmp_next_event": {"event": "STOP"},
+    "create_machine": {"name": "made", "backend": "qemu", "stateDirectory": "/run/vm-state-made", "sharedDirectory": "/run/shared-xchg"},
 }
 
 
@@ -59,7 +62,7 @@ def exercise(driver, machine, problems):
     def attempt(what, fn):
         try:
             fn()
-        except (NotSupportedByVouch, RequestedAssertionFailed):
+        except (NotSupportedByVouch, RequestedAssertionFailed, SystemExit):
             pass
         except Exception as e:  # noqa: BLE001 - every problem is reported
             problems.append(f"{what}: {type(e).__name__}: {e}")
@@ -74,6 +77,13 @@ def exercise(driver, machine, problems):
             ("succeed", lambda: machine.succeed("a", "b", timeout=5)), ("fail", lambda: machine.fail("false")),
             ("wait_until_succeeds", lambda: machine.wait_until_succeeds("true")),
             ("wait_until_fails", lambda: machine.wait_until_fails("false", timeout=3)),
+            ("wait_until_succeeds attempt_timeout", lambda: machine.wait_until_succeeds("true", timeout=dt.timedelta(seconds=9), attempt_timeout=dt.timedelta(seconds=2))),
+            ("wait_for_unit_active_state", lambda: machine.wait_for_unit_active_state("x.service", "inactive", timeout=dt.timedelta(seconds=5))),
+            ("wait_for_shutdown timeout", lambda: machine.wait_for_shutdown(timeout=dt.timedelta(seconds=5))),
+            ("qmp_client.send", lambda: machine.qmp_client.send("query-status")),
+            ("qmp_client.wait_for_event", lambda: machine.qmp_client.wait_for_event()),
+            ("wait_for_qmp_event", lambda: machine.wait_for_qmp_event(lambda e: True, timeout=dt.timedelta(seconds=1))),
+            ("create_machine", lambda: driver.create_machine("/bin/run-made-vm")),
             ("sleep", lambda: machine.sleep(1)),
             ("wait_for_unit", lambda: machine.wait_for_unit("x.service")),
             ("wait_for_unit user", lambda: machine.wait_for_unit("x.service", user="alice", timeout=5)),
@@ -110,6 +120,18 @@ def exercise(driver, machine, problems):
         attempt("script_failed", lambda: _report_failure(e, None))
 
 
+def message_keys():
+    """(file, key) for every ``message("key"`` in this package."""
+    import re
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = []
+    for name in sorted(os.listdir(here)):
+        if name.endswith(".py") and name != "selfcheck.py":
+            with open(os.path.join(here, name), encoding="utf-8") as f:
+                found += [(name, key) for key in re.findall(r'message\(\s*"(\w+)"', f.read())]
+    return found
+
+
 def main(argv):
     if len(argv) != 2:
         sys.stderr.write(__doc__.strip() + "\n")
@@ -118,7 +140,7 @@ def main(argv):
         table = json.load(f)
     recorder = Recorder(table)
     bridge_module._bridge = recorder
-    hello = {"machines": ["m"], "vlans": [{"nr": 1, "socketDirectory": "/run/vde1.ctl"}], "network": "vde",
+    hello = {"machines": [{"name": "m", "backend": "qemu", "stateDirectory": "/run/vm-state-m", "sharedDirectory": "/run/shared-xchg"}], "vlans": [{"nr": 1, "socketDirectory": "/run/vde1.ctl"}], "network": "vde",
              "outputDirectory": "/out", "globalTimeout": 60, "table": table}
     recorder.made.append("hello")
     driver = Driver(hello, None)
@@ -126,6 +148,7 @@ def main(argv):
     exercise(driver, driver.machines[0], problems)
     missing = sorted(set(table["calls"]) - set(recorder.made))
     problems += [f"no method makes the table's call {name!r}" for name in missing]
+    problems += [f"{path}: message {key!r} is not in the table's messages" for path, key in message_keys() if key not in table["messages"]]
     clash = sorted(set(table["calls"]) & set(UNSUPPORTED))
     problems += [f"{name!r} is in the table but the Python side calls it unsupported" for name in clash]
     if problems:

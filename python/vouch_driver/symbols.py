@@ -1,14 +1,20 @@
-"""The globals a nixpkgs test script sees, built on the Vouch bridge."""
+"""The globals a nixpkgs test script sees, built on the Vouch bridge, with
+the names, signatures and semantics of today's nixpkgs driver (older forms
+still accepted where they differ)."""
 
+import datetime as dt
+import enum
 import os
 import pathlib
+import sys
 import time
 import unittest
-from contextlib import contextmanager
 from math import isfinite
 
 from .bridge import NotSupportedByVouch, RequestedAssertionFailed, bridge
-from .machine import Machine
+from .durations import FIFTEEN_MINUTES, python_float, seconds
+from .machine import BaseMachine, Machine, NspawnMachine, QemuMachine, make_machine
+from .messages import message
 
 
 class _Nested:
@@ -31,28 +37,74 @@ class _Nested:
         return False
 
 
+class _Subtest(_Nested):
+    """``with subtest(name)``: on failure, nixpkgs logs
+    ``Test "NAME" failed with error: "..."`` and lets the exception go on."""
+
+    def __init__(self, name, logger):
+        super().__init__(str(name), subtest=True)
+        self.name = str(name)
+        self.logger = logger
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is not None and isinstance(exc, Exception):
+            self.logger.log_test_error(message("subtestFailed", name=self.name, error=exc))
+        return super().__exit__(exc_type, exc, tb)
+
+
+class LogLevel(enum.IntEnum):
+    DEBUG = 1
+    INFO = 2
+    WARNING = 3
+    ERROR = 4
+
+
 class Log:
-    """nixpkgs' `log` object: messages and nested sections in Vouch's log."""
+    """nixpkgs' ``log`` (its AbstractLogger): messages and nested sections in
+    Vouch's log.  As in nixpkgs, ``error`` logs and then ends the test."""
+
+    def __init__(self):
+        self.level = LogLevel.INFO
+
+    def _send(self, level, args):
+        bridge().call("log", message=" ".join(str(a) for a in args), level=level, machine_name=None)
 
     def log(self, message, attributes=None):
-        bridge().call("log", message=str(message), level="info", machine_name=None)
+        self._send("info", [message])
 
-    info = log
+    def info(self, *args):
+        if self.level <= LogLevel.INFO:
+            self._send("info", args)
 
-    def warning(self, message, attributes=None):
-        bridge().call("log", message=str(message), level="warning", machine_name=None)
+    def debug(self, *args):
+        if self.level <= LogLevel.DEBUG:
+            self._send("info", args)
 
-    def error(self, message, attributes=None):
-        bridge().call("log", message=str(message), level="error", machine_name=None)
+    def warning(self, *args):
+        if self.level <= LogLevel.WARNING:
+            self._send("warning", args)
 
-    def log_test_error(self, message, attributes=None):
-        self.error(message)
+    def error(self, *args):
+        self._send("error", args)
+        sys.exit(1)
+
+    def log_test_error(self, *args):
+        self._send("error", args)
+
+    def log_serial(self, message, machine):
+        bridge().call("log", message=str(message), level="info", machine_name=str(machine))
+
+    def print_serial_logs(self, enable):
+        bridge().call("serial_stdout", on=bool(enable))
+
+    def set_log_level(self, level):
+        self.level = LogLevel(level)
 
     def nested(self, message, attributes=None):
         return _Nested(str(message))
 
     def subtest(self, name, attributes=None):
-        return _Nested(str(name), subtest=True)
+        return _Subtest(name, self)
 
 
 class AssertionTester(unittest.TestCase):
@@ -67,26 +119,61 @@ class AssertionTester(unittest.TestCase):
         pass
 
 
-def retry(fn, timeout_seconds=900, timeout=None):
-    """Calls fn(last_try) once a second until it returns True."""
-    if timeout is not None:
-        timeout_seconds = timeout
+class _Remaining(float):
+    """The seconds left, passed to a retried function.  Its truth value is
+    false: an older function, written for ``fn(last_try)``, does not take
+    every attempt for the last one."""
+
+    def __bool__(self):
+        return False
+
+
+def retry(fn, timeout_seconds=None, timeout=FIFTEEN_MINUTES):
+    """Calls ``fn`` until it returns a true value, about once a second.
+
+    Today's form, ``timeout`` a timedelta or None (no limit): ``fn`` gets the
+    seconds left (None without a limit); no attempt starts after the
+    deadline, and one that started before it counts.  The older forms,
+    ``timeout_seconds=`` or a number of seconds as ``timeout``: ``fn`` gets
+    ``last_try`` (False, then True for one last call after the deadline).
+    Raises RequestedAssertionFailed with nixpkgs' "action timed out" text."""
+    if timeout_seconds is not None and timeout is not FIFTEEN_MINUTES:
+        raise TypeError(message("retryBothTimeouts"))
     start = time.monotonic()
-    while time.monotonic() - start < timeout_seconds:
-        if fn(False):
+    if timeout_seconds is not None or (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)):
+        limit = seconds(timeout_seconds if timeout_seconds is not None else timeout, allow_none=False)
+        while time.monotonic() - start < limit:
+            if fn(False):
+                return
+            time.sleep(1)
+        if fn(True):
             return
-        time.sleep(1)
-    if not fn(True):
-        raise RequestedAssertionFailed(
-            "timeout", f"action timed out after {time.monotonic() - start:.2f} seconds (timeout={timeout_seconds})")
+        raise RequestedAssertionFailed("timeout", message(
+            "actionTimedOut", elapsed=f"{time.monotonic() - start:.2f}",
+            timeout=timeout_seconds if timeout_seconds is not None else timeout))
+    limit = seconds(timeout)
+    while True:
+        remaining = None if limit is None else limit - (time.monotonic() - start)
+        if remaining is not None and remaining <= 0:
+            raise RequestedAssertionFailed("timeout", message(
+                "actionTimedOut", elapsed=f"{time.monotonic() - start:.2f}", timeout=python_float(limit)))
+        if fn(None if remaining is None else _Remaining(remaining)):
+            return
+        left = None if limit is None else limit - (time.monotonic() - start)
+        time.sleep(1 if left is None else max(0, min(1, left)))
+
+
+class PollingConditionError(Exception):
+    """A polling condition failed (nixpkgs' class of the same name)."""
 
 
 class PollingCondition:
     """A condition checked before machine commands while it is active."""
 
-    def __init__(self, condition, log, seconds_interval=2.0, description=None):
+    def __init__(self, condition, log, interval=2.0, description=None):
         self.condition = condition
-        self.seconds_interval = seconds_interval
+        self.interval = interval
+        self.seconds_interval = interval
         self.log = log
         if description is None:
             description = condition.__doc__ or condition.__name__
@@ -100,7 +187,7 @@ class PollingCondition:
 
     @property
     def overdue(self):
-        return self.last_called + self.seconds_interval < time.monotonic()
+        return self.last_called + self.interval < time.monotonic()
 
     def __enter__(self):
         self.entry_count += 1
@@ -128,7 +215,7 @@ class PollingCondition:
 
     def maybe_raise(self):
         if not self.check():
-            raise RequestedAssertionFailed("assertionFailed", self.status_message(False))
+            raise PollingConditionError(message("pollingConditionFailed", description=self.description))
 
 
 class VLan:
@@ -149,6 +236,17 @@ class VLan:
         return f"<VLan {self.nr}>"
 
 
+class DebugAbstract:
+    """nixpkgs' debug hook (``debug.breakpoint()``)."""
+
+    def breakpoint(self, host="127.0.0.1", port=4444):
+        pass
+
+
+class DebugNop(DebugAbstract):
+    """No debugger attached: ``breakpoint`` does nothing (use ``vouch repl`` to debug)."""
+
+
 class Driver:
     """`driver`: the test run as the script sees it."""
 
@@ -158,12 +256,31 @@ class Driver:
         if script_path:
             with open(script_path, encoding="utf-8") as f:
                 self.tests = f.read()
-        self.out_dir = hello["outputDirectory"]
+        self.out_dir = pathlib.Path(hello["outputDirectory"]).resolve()
         self.global_timeout = hello["globalTimeout"]
         self.polling_conditions = []
         self.logger = Log()
-        self.machines = [Machine(m, [self.check_polling_conditions]) for m in hello["machines"]]
+        self.debug = DebugNop()
+        self._machines = [self._make(info) for info in hello["machines"]]
         self.vlans = [VLan(v["nr"], v) for v in hello["vlans"]]
+
+    def _make(self, info):
+        if isinstance(info, str):  # an older Vouch's hello
+            info = {"name": info}
+        return make_machine(info, [self.check_polling_conditions], self.out_dir)
+
+    @property
+    def machines(self):
+        """Every machine, VMs and containers, sorted by name."""
+        return sorted(self._machines, key=lambda m: m.name)
+
+    @property
+    def machines_qemu(self):
+        return [m for m in self.machines if isinstance(m, QemuMachine)]
+
+    @property
+    def machines_nspawn(self):
+        return [m for m in self.machines if isinstance(m, NspawnMachine)]
 
     def check_polling_conditions(self):
         for condition in self.polling_conditions:
@@ -173,7 +290,7 @@ class Driver:
         bridge().call("start_all")
 
     def join_all(self):
-        with self.logger.nested("wait for all machines to finish"):
+        with self.logger.nested("wait for all VMs to finish"):
             for machine in self.machines:
                 machine.wait_for_shutdown()
 
@@ -191,18 +308,42 @@ class Driver:
     def serial_stdout_off(self):
         bridge().call("serial_stdout", on=False)
 
-    def create_machine(self, *args, **kwargs):
-        raise NotSupportedByVouch("create_machine")
+    def create_machine(self, start_command, *, name=None, keep_machine_state=False, **kwargs):
+        """A VM booted by a nixpkgs start script, added to the test.
+
+        ``keep_machine_state`` (and the older ``keep_vm_state``) is accepted:
+        a Vouch run's state directory is always new."""
+        if isinstance(start_command, dict):  # the oldest form: {"startCommand": ..., "name": ...}
+            name = name or start_command.get("name")
+            start_command = start_command.get("startCommand") or start_command.get("start_command")
+        info = bridge().call("create_machine", start_command=os.path.abspath(str(start_command)),
+                             name=None if name is None else str(name))
+        machine = make_machine(info, [], self.out_dir)
+        machine.keep_machine_state = bool(keep_machine_state or kwargs.get("keep_vm_state"))
+        self._machines.append(machine)
+        return machine
 
     def subtest(self, name):
-        return _Nested(str(name), subtest=True)
+        return _Subtest(name, self.logger)
 
-    def polling_condition(self, fun_=None, *, seconds_interval=2.0, description=None):
+    def dump_machine_ssh(self):
+        """nixpkgs' SSH backdoor is not Vouch's: say how to get a shell instead."""
+        if not self._machines:
+            print("SSH backdoor enabled, but no machines defined")
+            return
+        for machine in self.machines:
+            print(f"{machine.name}: no SSH backdoor in Vouch; use {machine.name}.shell_interact() or `vouch repl`")
+
+    def polling_condition(self, fun_=None, *, seconds_interval=None, interval=None, description=None):
+        if seconds_interval is not None and interval is not None:
+            raise TypeError(message("pollingBothIntervals"))
+        every = seconds(interval if interval is not None else seconds_interval)
+        every = 2.0 if every is None else every
         driver = self
 
         class Poll:
             def __init__(self, fun):
-                self.condition = PollingCondition(fun, driver.logger, seconds_interval, description)
+                self.condition = PollingCondition(fun, driver.logger, every, description)
 
             def __enter__(self):
                 driver.polling_conditions.append(self.condition)
@@ -211,17 +352,20 @@ class Driver:
                 removed = driver.polling_conditions.pop()
                 assert removed is self.condition
 
-            def wait(self, timeout=900):
-                def attempt(last):
-                    if last:
-                        driver.logger.info(f"Last chance for {self.condition.description}")
+            def wait(self, timeout_seconds=None, timeout=None):
+                if timeout_seconds is not None and timeout is not None:
+                    raise TypeError(message("waitBothTimeouts"))
+                limit = timeout if timeout is not None else timeout_seconds
+                limit = FIFTEEN_MINUTES if limit is None else dt.timedelta(seconds=seconds(limit))
+
+                def attempt(remaining):
                     ok = self.condition.check(force=True)
-                    if not ok and not last:
+                    if not ok:
                         driver.logger.info(f"({self.condition.description} failure not fatal yet)")
                     return ok
 
                 with driver.logger.nested(f"waiting for {self.condition.description}"):
-                    retry(attempt, timeout_seconds=timeout)
+                    retry(attempt, timeout=limit)
 
         return Poll if fun_ is None else Poll(fun_)
 
@@ -230,44 +374,54 @@ class Driver:
         if not self.tests:
             raise RuntimeError("this session has no test script")
         with self.logger.nested("run the test script"):
-            exec(compile(self.tests, self.script_path, "exec"), self.symbols())
+            exec(compile(self.tests, self.script_path, "exec"), self.test_symbols())
 
     def run_tests(self):
         self.test_script()
 
-    def symbols(self):
-        """The script's globals, named as in nixpkgs."""
+    def test_symbols(self):
+        """The script's globals, named as in nixpkgs (plus the older names)."""
         symbols = dict(
             start_all=self.start_all,
-            startAll=self.start_all,
             test_script=self.test_script,
-            run_tests=self.run_tests,
-            runTestScript=self.test_script,
             machines=self.machines,
+            machines_qemu=self.machines_qemu,
+            machines_nspawn=self.machines_nspawn,
             vlans=self.vlans,
             driver=self,
             log=self.logger,
             os=os,
             create_machine=self.create_machine,
             subtest=self.subtest,
+            run_tests=self.run_tests,
             join_all=self.join_all,
             retry=retry,
             serial_stdout_off=self.serial_stdout_off,
             serial_stdout_on=self.serial_stdout_on,
             polling_condition=self.polling_condition,
+            BaseMachine=BaseMachine,
+            QemuMachine=QemuMachine,
+            NspawnMachine=NspawnMachine,
+            t=AssertionTester(),
+            debug=self.debug,
+            dump_machine_ssh=self.dump_machine_ssh,
+            # Older nixpkgs names, and Vouch's own.
+            startAll=self.start_all,
+            runTestScript=self.test_script,
+            Machine=Machine,
             snapshot_all=self.snapshot_all,
             restore_all=self.restore_all,
-            Machine=Machine,
-            BaseMachine=Machine,
-            t=AssertionTester(),
         )
-        for machine in self.machines:
+        machines = self.machines
+        for machine in machines:
             symbols[pythonize_name(machine.name)] = machine
-        if len(self.machines) == 1:
-            symbols["machine"] = self.machines[0]
+        if len(machines) == 1 and "machine" not in {pythonize_name(m.name) for m in machines}:
+            symbols["machine"] = machines[0]
         for vlan in self.vlans:
             symbols[f"vlan{vlan.nr}"] = vlan
         return symbols
+
+    symbols = test_symbols
 
 
 def pythonize_name(name):

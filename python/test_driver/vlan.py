@@ -1,0 +1,5 @@
+"""nixpkgs' ``test_driver.vlan``."""
+
+from vouch_driver.symbols import VLan
+
+__all__ = ["VLan"]
