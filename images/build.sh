@@ -417,6 +417,15 @@ configure_rootfs() {
     local excl=()
     for unit in "${MODULE_EXCLUDES[@]}"; do excl+=(--exclude="./$unit"); done
     tar -C "$KDIR/lib/modules" "${excl[@]}" -cf - "./$KVER" | tar -C "$r/lib/modules" -xf -
+    # The one display driver a test VM can have (QEMU's VGA card, for
+    # "graphics": true): bochs and the DRM modules it needs, so that fbcon
+    # shows the virtual consoles.
+    local ko
+    while read -r ko; do
+        [[ -e $r/lib/modules/$KVER/$ko ]] && continue
+        mkdir -p "$r/lib/modules/$KVER/$(dirname "$ko")"
+        cp "$KDIR/lib/modules/$KVER/$ko" "$r/lib/modules/$KVER/$ko"
+    done < <(resolve_modules bochs)
     depmod -b "$r" "$KVER"
 
     # Backdoor, host share, journald/systemd/sysctl settings.

@@ -11,6 +11,11 @@ public struct QMPErrorReply: Error, Sendable, CustomStringConvertible, Equatable
 
     /// `Class: explanation`.
     public var description: String { "\(errorClass): \(explanation)" }
+
+    package init(errorClass: String, explanation: String) {
+        self.errorClass = errorClass
+        self.explanation = explanation
+    }
 }
 
 /// A QEMU Machine Protocol client over a unix socket.

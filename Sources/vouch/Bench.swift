@@ -13,7 +13,7 @@ struct Bench: AsyncParsableCommand {
             existed, and with the nixpkgs Python driver's two-step framing (timeout + bash -c + \
             base64, then a second round trip for the status), all on the same guest in the same \
             run, interleaved; and the driver's peak resident memory. Other modes measure the \
-            network, scripts, backends, snapshots and a console flood. The machine is shared \
+            network, scripts, backends, snapshots, a console flood and screens (screenshots, OCR). The machine is shared \
             and noisy: compare figures within one run.
             """)
 
@@ -47,8 +47,12 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Flood a minimal guest's serial console with this many MB instead, and report the driver's memory and CPU.")
     var consoleFlood: Int?
 
+    @Option(help: "Measure screenshots and OCR (one pass; the variants at once and one after another) on a guest with a display instead, this many rounds.")
+    var screens: Int?
+
     func run() async throws {
         if let consoleFlood { return try await runConsoleFlood(megabytes: consoleFlood) }
+        if let screens { return try await runScreens(rounds: screens) }
         if network { return try await runNetwork() }
         if scripts { return try await runScripts() }
         if let backends { return try await runBackends(backends) }

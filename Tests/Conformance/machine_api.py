@@ -143,10 +143,17 @@ with subtest("systemctl for a user"):
 
 with subtest("unsupported methods say so"):
     try:
-        web_server.screenshot("screen")
-        raise Exception("screenshot did not raise")
+        web_server.switch_root()
+        raise Exception("switch_root did not raise")
     except NotImplementedError as e:
-        t.assertIn("not supported yet by Vouch: screenshot", str(e))
+        t.assertIn("not supported yet by Vouch: switch_root", str(e))
+    # A VM without a display: the error says what to change.
+    with t.assertRaises(NotImplementedError) as cm:
+        web_server.screenshot("screen")
+    t.assertIn('has no display: give it "graphics": true', str(cm.exception))
+    with t.assertRaises(NotImplementedError) as cm:
+        web_server.get_tty_text(9)
+    t.assertIn("no virtual console 9", str(cm.exception))
     with t.assertRaises(AttributeError):
         web_server.no_such_method()
 

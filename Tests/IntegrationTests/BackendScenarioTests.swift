@@ -101,6 +101,14 @@ struct BackendScenarioTests {
             try await ct.fail("test -e /etc/before-crash")
             let keys = await #expect(throws: VouchError.self) { try await ct.sendKey("ctrl-alt-delete") }
             #expect(keys?.kind == .unsupported && keys?.message.contains("not supported by the nspawn backend") == true)
+            // No display device and no X server in the guest: the error names both.
+            let screen = await #expect(throws: VouchError.self) { try await ct.screenshot("none") }
+            #expect(screen?.kind == .unsupported && screen?.message.contains("a container has no display device") == true
+                    && screen?.message.contains("/tmp/.X11-unix/X0 does not exist") == true, "\(String(describing: screen))")
+            let tty = await #expect(throws: VouchError.self) { _ = try await ct.ttyText(1) }
+            #expect(tty?.kind == .unsupported, "\(String(describing: tty))")
+            let console = await #expect(throws: VouchError.self) { try await ct.sendConsole("x") }
+            #expect(console?.kind == .unsupported && console?.message.contains("nspawn") == true)
         }
         #expect(run.outcome == .passed)
     }

@@ -95,6 +95,27 @@ struct PythonCompatTests {
         #expect(junit.contains(#"name="a failing subtest""#) && junit.contains(#"failures="1""#), "\(junit)")
     }
 
+    /// Screens, keys, OCR, consoles and QMP events on a VM with a VGA card.
+    @Test func graphicalCallsWorkOnAScreen() async throws {
+        let (status, output, out) = try await run("graphical.json", "screens.py")
+        defer { try? FileManager.default.removeItem(at: out) }
+        #expect(status == 0, "\(output.suffix(3000))")
+    }
+
+    /// A failing test leaves a PNG of each display, named in the JUnit failure.
+    @Test func aFailureSavesEveryScreen() async throws {
+        let (status, output, out) = try await run("failure-screens.json", "failing_screen.py")
+        defer { try? FileManager.default.removeItem(at: out) }
+        #expect(status == 1, "\(output.suffix(3000))")
+        let files = try FileManager.default.contentsOfDirectory(atPath: out.path)
+        let pictures = files.filter { $0.hasPrefix("failure-") && $0.hasSuffix(".png") }
+        #expect(pictures.count == 1 && pictures.first?.hasPrefix("failure-shown-") == true, "\(files)")
+        let png = try Data(contentsOf: out.appendingPathComponent(pictures.first ?? "none"))
+        #expect(pngSize(png) != nil)
+        let junit = try String(contentsOf: out.appendingPathComponent("junit.xml"), encoding: .utf8)
+        #expect(junit.contains("screens at the failure: \(pictures.first ?? "?")"), "\(junit)")
+    }
+
     /// No nodes at all; the script makes its machines from start scripts.
     @Test func aTestWithoutNodesCreatesItsMachines() async throws {
         let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vouch-pynodes-\(UUID().uuidString.prefix(8))")

@@ -39,9 +39,9 @@ import Testing
 
     @Test func unknownCallsAndWrongScopesAreRefused() throws {
         let unknown = #expect(throws: VouchError.self) {
-            _ = try BridgeTable.lookup(BridgeRequest(id: 1, call: "screenshot", machine: "m", args: [:]))
+            _ = try BridgeTable.lookup(BridgeRequest(id: 1, call: "switch_root", machine: "m", args: [:]))
         }
-        #expect(unknown?.kind == .unsupported && unknown?.message == "not supported yet by Vouch: screenshot")
+        #expect(unknown?.kind == .unsupported && unknown?.message == "not supported yet by Vouch: switch_root")
         let scope = #expect(throws: VouchError.self) {
             _ = try BridgeTable.lookup(BridgeRequest(id: 1, call: "start_all", machine: "m", args: [:]))
         }

@@ -18,10 +18,7 @@ from .qmp import QMPSession
 # Python driver methods Vouch does not implement (yet).  Calling one raises
 # NotSupportedByVouch naming it, instead of an AttributeError.
 UNSUPPORTED = [
-    "screenshot", "get_screen_text", "get_screen_text_variants", "wait_for_text",
-    "send_chars", "send_console",
-    "get_tty_text", "wait_until_tty_matches", "dump_tty_contents", "wait_for_x",
-    "get_window_names", "wait_for_window", "console_interact", "switch_root",
+    "console_interact", "switch_root",
     "ssh_backdoor_command", "create_efi_vars", "write_efi_vars", "read_efi_vars", "dump_efi_vars",
 ]
 
@@ -201,6 +198,54 @@ class BaseMachine:
     def copy_from_vm(self, source, target_dir=""):
         self.copy_from_machine(source, target_dir)
 
+    # -- screens, keys, consoles --------------------------------------------
+
+    def screenshot(self, filename):
+        """Saves the display as a PNG: no dot in the name adds ``.png``, no
+        slash puts it in the output directory."""
+        filename = str(filename)
+        if "." not in filename:
+            filename += ".png"
+        if "/" not in filename:
+            filename = os.path.join(self.out_dir, filename)
+        self._call("screenshot", path=os.path.abspath(filename))
+
+    def get_screen_text(self):
+        return self._call("get_screen_text")
+
+    def get_screen_text_variants(self):
+        return self._call("get_screen_text_variants")
+
+    def wait_for_text(self, regex, timeout=FIFTEEN_MINUTES):
+        self._call("wait_for_text", regex=regex, timeout=seconds(timeout))
+
+    def send_key(self, key, delay=0.01, log=True):
+        self._call("send_key", key=key, delay=0.0 if delay is None else seconds(delay, allow_none=False))
+
+    def send_chars(self, chars, delay=0.01):
+        self._call("send_chars", chars=chars, delay=0.0 if delay is None else seconds(delay, allow_none=False))
+
+    def send_console(self, chars):
+        self._call("send_console", chars=chars)
+
+    def get_tty_text(self, tty):
+        return self._call("get_tty_text", tty=int(tty))
+
+    def wait_until_tty_matches(self, tty, regexp, timeout=FIFTEEN_MINUTES):
+        self._call("wait_until_tty_matches", tty=int(tty), regex=regexp, timeout=seconds(timeout))
+
+    def dump_tty_contents(self, tty):
+        self._call("dump_tty_contents", tty=int(tty))
+
+    def wait_for_x(self, timeout=FIFTEEN_MINUTES):
+        self._call("wait_for_x", timeout=seconds(timeout))
+
+    def get_window_names(self):
+        return self._call("get_window_names")
+
+    def wait_for_window(self, regexp, timeout=FIFTEEN_MINUTES):
+        self._call("wait_for_window", regex=regexp, timeout=seconds(timeout))
+
     # -- interactive ---------------------------------------------------------
 
     def shell_interact(self, address=None):
@@ -270,9 +315,6 @@ class QemuMachine(_VMMachine):
                 raise TimeoutError()
             if event_filter(event):
                 return event
-
-    def send_key(self, key, delay=None, log=True):
-        self._call("send_key", key=key)
 
 
 class NspawnMachine(_VMMachine):

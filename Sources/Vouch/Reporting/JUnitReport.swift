@@ -29,6 +29,14 @@ public final class JUnitReport: Sendable {
         cases.withLock { $0.append(Case(name: name, seconds: seconds, failure: failure)) }
     }
 
+    /// Adds a line to every failing case's failure text (e.g. the screenshots
+    /// taken when the test failed).
+    public func noteOnFailures(_ note: String) {
+        cases.withLock { cases in
+            for i in cases.indices where cases[i].failure != nil { cases[i].failure! += "\n" + note }
+        }
+    }
+
     /// All recorded cases, in order.
     public var all: [Case] { cases.withLock { $0 } }
 

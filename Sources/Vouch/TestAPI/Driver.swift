@@ -278,6 +278,12 @@ public final class Driver: Sendable {
         if junit.all.isEmpty || outcomeNeedsMainCase(outcome) {
             junit.record(spec.name, seconds: (ContinuousClock.now - began).seconds, failure: failureText(outcome))
         }
+        if outcome == .timedOut || { if case .failed = outcome { true } else { false } }() {
+            let pictures = await failurePictures()
+            if !pictures.isEmpty {
+                junit.noteOnFailures("screens at the failure: " + pictures.map(\.lastPathComponent).joined(separator: ", "))
+            }
+        }
         await teardown()
         if let path = options.junitXML {
             do { try junit.write(to: path) } catch { log.error("cannot write JUnit XML to \(path.path): \(error)") }
@@ -290,6 +296,30 @@ public final class Driver: Sendable {
         log.close()
         outputLock.release()
         return outcome
+    }
+
+    /// A screenshot of every running machine with a display, taken at once
+    /// and within 5 s in all, so a frozen VMM cannot hold the teardown up.
+    private func failurePictures() async -> [URL] {
+        let formatter = DateFormatter()
+        formatter.dateFormat = "yyyyMMdd-HHmmss"
+        let stamp = formatter.string(from: Date())
+        let directory = options.outputDirectory
+        let taken: [URL]?? = try? await withDeadline(seconds: 5, grace: 0.5) { () throws(VouchError) in
+            await withTaskGroup(of: URL?.self) { group in
+                for machine in self.machines {
+                    group.addTask { await machine.failurePicture(in: directory, stamp: stamp) }
+                }
+                var urls: [URL] = []
+                for await url in group { if let url { urls.append(url) } }
+                return urls
+            }
+        }
+        guard let urls = taken ?? nil else {
+            log.warning("the screens at the failure were not all saved within 5 s")
+            return []
+        }
+        return urls.sorted { $0.path < $1.path }
     }
 
     private func outcomeNeedsMainCase(_ outcome: RunOutcome) -> Bool {

@@ -93,12 +93,4 @@ extension Machine {
         let monitor = try capability(MonitorAccess.self, .monitor, for: "QMP events")
         return try await monitor.nextQMPEvent(timeout: timeout)
     }
-
-    /// Sends a key combination to the guest, e.g. `sendKey("ctrl-alt-delete")`.
-    /// - Throws: `.unsupported` where the backend has no keyboard.
-    public func sendKey(_ combination: String) async throws(VouchError) {
-        try await start()
-        let keys = try capability(KeyInput.self, .keys, for: "sendKey(\(combination))")
-        try await keys.sendKeys(combination.split(separator: "-").map(String.init))
-    }
 }

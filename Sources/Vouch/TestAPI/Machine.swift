@@ -36,6 +36,8 @@ public actor Machine {
     /// Whether a guest reboot resets the machine instead of ending it (`start(allowReboot:)`).
     private var rebootAllowed = false
     private var warnedPlainFraming = false
+    /// One OCR round at a time per machine: three tesseracts already fill the cores.
+    let ocrLock = AsyncLock()
 
     var log: TestLog { context.log }
     var console: Console { context.console }

@@ -126,6 +126,8 @@ package struct NspawnProvider: BackendProvider {
     package func whyMissing(_ capability: Capability) -> String? {
         switch capability {
         case .keys: "a container has no keyboard"
+        case .screen: "a container has no display device"
+        case .consoleInput: "a container's console is not a serial line Vouch writes to"
         case .monitor: "a container has no QEMU monitor"
         case .snapshots: "containers cannot be snapshotted yet"
         default: nil

@@ -137,7 +137,7 @@ final class QEMUBackend: Backend, PowerControl, Crashable, LinkControl, PortForw
         do throws(VouchError) {
             let argv = enter.map { ["nsenter"] + $0 + [program] + args } ?? [program] + args
             process = try ChildProcess(argv[0], Array(argv.dropFirst()), environment: environment,
-                                       workingDirectory: context.stateDirectory, inheritedFD: qemuEnd,
+                                       workingDirectory: context.stateDirectory, pipes: [.stdin, .stdout, .stderr], inheritedFD: qemuEnd,
                                        gathering: QEMUBackend.serialGathering)
         } catch {
             close(hostEnd)
@@ -277,7 +277,13 @@ final class QEMUBackend: Backend, PowerControl, Crashable, LinkControl, PortForw
     }
 
     func sendKeys(_ keys: [String]) async throws(VouchError) {
-        let list = keys.map { JSONValue.object(["type": "qcode", "data": .string($0)]) }
+        // QEMU key names, or raw scancodes as `0x..` (as HMP's sendkey takes them).
+        let list = keys.map { key -> JSONValue in
+            if key.hasPrefix("0x"), let code = Int(key.dropFirst(2), radix: 16) {
+                return .object(["type": "number", "data": .number(Double(code))])
+            }
+            return .object(["type": "qcode", "data": .string(key)])
+        }
         try await qmp().execute("send-key", ["keys": .array(list)])
     }
 

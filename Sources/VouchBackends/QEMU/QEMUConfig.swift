@@ -27,6 +27,8 @@ public struct QEMUConfig: Sendable {
     public var memoryMiB = 512
     /// Virtual CPUs.
     public var cpus = 1
+    /// A VGA display (1024x768, as NixOS test VMs) and a USB tablet; `pc` board only.
+    public var graphics = false
     /// Extra arguments appended to QEMU's command line.
     public var extraArgs: [String] = []
     /// Extra kernel parameters (direct boot only).
@@ -90,8 +92,8 @@ package struct QEMUCommandLine {
             "-device", mmio ? "virtio-rng-device" : "virtio-rng-pci",
             "-serial", "stdio",
             "-no-reboot",
-            "-display", "none",
         ]
+        args += displayArguments
         if case .direct = config.boot {
             if let network {
                 args += [
@@ -114,6 +116,32 @@ package struct QEMUCommandLine {
         }
         return args
     }
+
+    /// The environment QEMU runs in: nixpkgs opens no window unless the
+    /// driver itself has a display.
+    package var environment = ProcessInfo.processInfo.environment
+
+    /// Vouch's own VMs never open a window: a display is a VGA card QEMU
+    /// renders for `screendump`. A start script brings its own display
+    /// devices; as in nixpkgs' driver, it gets `-nographic` when the driver
+    /// has no display (`DISPLAY`, `WAYLAND_DISPLAY`), else shows its window.
+    package var displayArguments: [String] {
+        switch config.boot {
+        case .startScript:
+            let hasDisplay = ["DISPLAY", "WAYLAND_DISPLAY"].contains { !(environment[$0] ?? "").isEmpty }
+            return hasDisplay ? [] : ["-nographic"]
+        case .direct:
+            guard config.graphics else { return ["-display", "none"] }
+            return [
+                "-display", "none",
+                "-device", "VGA,xres=\(Self.screenWidth),yres=\(Self.screenHeight)",
+                "-device", "qemu-xhci,id=usb", "-device", "usb-tablet,bus=usb.0",
+            ]
+        }
+    }
+
+    /// The display size NixOS test VMs have (`virtualisation.resolution`).
+    package static let screenWidth = 1024, screenHeight = 768
 
     /// The full argument list (without the program) for direct boot, or the
     /// arguments to append to a start script.

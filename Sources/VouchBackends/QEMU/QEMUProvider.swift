@@ -28,6 +28,8 @@ public struct QEMUSettings: BackendSettings, Equatable {
     public var board: QEMUConfig.Board?
     /// KVM, TCG, or probe (`auto`).
     public var accelerator: Accelerator.Choice = .auto
+    /// A VGA display and a USB tablet (implies the `pc` board).
+    public var graphics = false
 
     /// The built-in `image` (default `minimal`).
     public init(image: String? = nil) {
@@ -55,6 +57,7 @@ package struct QEMUProvider: BackendProvider {
 
     package let keys: Set<String> = [
         "image", "kernel", "initrd", "disk", "cmdline", "startScript", "memory", "cpus", "qemuArgs", "board", "accel",
+        "graphics",
     ]
 
     package init() {}
@@ -72,11 +75,18 @@ package struct QEMUProvider: BackendProvider {
         q.qemuArgs = try o.strings("qemuArgs") ?? []
         q.board = try o.choice("board", QEMUConfig.Board.self)
         q.accelerator = try o.choice("accel", Accelerator.Choice.self) ?? .auto
+        q.graphics = try o.bool("graphics") ?? false
         let sources = [q.image != nil, q.kernel != nil, q.startScript != nil].filter { $0 }.count
         guard sources <= 1 else { throw SpecObject.invalid("\(o.path): give only one of image, kernel or startScript") }
         if sources == 0 { q.image = "minimal" }
         if q.kernel == nil, q.initrd != nil || q.disk != nil {
             throw SpecObject.invalid("\(o.path): initrd and disk go with kernel")
+        }
+        if q.graphics, q.startScript != nil {
+            throw SpecObject.invalid("\(o.path).graphics: a start script brings its own display (virtualisation.graphics in its NixOS config)")
+        }
+        if q.graphics, q.board == .microvm {
+            throw SpecObject.invalid("\(o.path).graphics: the microvm board has no PCI bus for a VGA card; use board pc (the default with graphics)")
         }
         guard q.memoryMiB >= 32 else { throw SpecObject.invalid("\(o.path).memory: at least 32 (MiB)") }
         guard q.cpus >= 1 else { throw SpecObject.invalid("\(o.path).cpus: at least 1") }
@@ -120,6 +130,10 @@ package struct QEMUProvider: BackendProvider {
                              machine: machine.name)
         }
         if let board = spec.board { config.board = board }
+        if spec.graphics {
+            config.graphics = true
+            config.board = .pc
+        }
         config.memoryMiB = spec.memoryMiB
         config.cpus = spec.cpus
         config.extraArgs = spec.qemuArgs

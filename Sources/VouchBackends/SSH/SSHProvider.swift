@@ -100,6 +100,8 @@ package struct SSHProvider: BackendProvider {
         case .crash: "Vouch cannot pull the plug of an existing host"
         case .links: "the host is not on a test VLAN"
         case .keys: "there is no keyboard"
+        case .screen: "Vouch sees no display of an existing host"
+        case .consoleInput: "Vouch has no serial console of an existing host"
         case .monitor: "an existing host has no QEMU monitor"
         case .snapshots: "an existing host cannot be snapshotted"
         default: nil

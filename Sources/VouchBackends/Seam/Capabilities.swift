@@ -15,6 +15,8 @@ package enum Capability: String, Sendable, CaseIterable {
     case links = "network links"
     case portForwarding = "port forwarding"
     case keys = "keyboard input"
+    case screen = "a screen"
+    case consoleInput = "serial console input"
     case monitor = "a QEMU monitor"
     case snapshots = "snapshots"
     case files = "file transfer"
@@ -65,6 +67,26 @@ package protocol PortForwarding: Backend {
 package protocol KeyInput: Backend {
     /// Sends a key combination, e.g. `["ctrl", "alt", "delete"]`.
     func sendKeys(_ keys: [String]) async throws(VouchError)
+}
+
+/// The VMM shows the guest's display and can capture it.
+package protocol ScreenCapture: Backend {
+    /// Whether this machine was given a display device (a failing test
+    /// photographs the ones that were).
+    var hasDisplay: Bool { get }
+
+    /// Writes what the display shows now to `path` as a PNG.
+    /// - Throws: `.unsupported` naming what is missing when this machine has
+    ///   no display device; `.qmpError`/`.other` when the capture fails.
+    func screenshot(toPNG path: String) async throws(VouchError)
+}
+
+/// The guest's serial console reads what the host writes.
+package protocol ConsoleInput: Backend {
+    /// Writes `bytes` to the console's input, as if typed on a serial terminal.
+    /// - Throws: `.machineDown` when the VMM is gone; `.timeout` when it does
+    ///   not read them within a few seconds.
+    func sendConsole(_ bytes: [UInt8]) async throws(VouchError)
 }
 
 /// The VMM has QEMU's monitors: the human monitor and QMP.

@@ -254,7 +254,54 @@ enum BridgeTable {
         machine("forward_port", [.integer("host_port", nullable: true), .integer("guest_port")]) { m, a, _ throws(VouchError) in
             .number(Double(try await m.forwardPort(host: a.optionalInt("host_port"), guest: a.int("guest_port"))))
         },
-        machine("send_key", [.string("key")]) { m, a, _ throws(VouchError) in try await m.sendKey(a.string("key")); return .null },
+        machine("send_key", [.string("key"), .number("delay")]) { m, a, at throws(VouchError) in
+            try await m.sendKey(a.string("key"), delay: a.number("delay"), file: at.file, line: at.line)
+            return .null
+        },
+        machine("send_chars", [.string("chars"), .number("delay")]) { m, a, at throws(VouchError) in
+            try await m.sendChars(a.string("chars"), delay: a.number("delay"), file: at.file, line: at.line)
+            return .null
+        },
+        machine("send_console", [.string("chars")]) { m, a, at throws(VouchError) in
+            try await m.sendConsole(a.string("chars"), file: at.file, line: at.line)
+            return .null
+        },
+        // The Python side resolves the name as nixpkgs does and sends a path.
+        machine("screenshot", [.string("path")]) { m, a, at throws(VouchError) in
+            .string(try await m.screenshot(a.string("path"), file: at.file, line: at.line).path)
+        },
+        machine("get_screen_text") { m, _, at throws(VouchError) in
+            .string(try await m.screenText(file: at.file, line: at.line))
+        },
+        machine("get_screen_text_variants") { m, _, at throws(VouchError) in
+            .array(try await m.screenTextVariants(file: at.file, line: at.line).map { .string($0) })
+        },
+        machine("wait_for_text", [.string("regex"), .timeout()]) { m, a, at throws(VouchError) in
+            try await m.waitForText(a.string("regex"), timeout: a.timeout, file: at.file, line: at.line)
+            return .null
+        },
+        machine("get_tty_text", [.integer("tty")]) { m, a, at throws(VouchError) in
+            .string(try await m.ttyText(a.int("tty"), file: at.file, line: at.line))
+        },
+        machine("wait_until_tty_matches", [.integer("tty"), .string("regex"), .timeout()]) { m, a, at throws(VouchError) in
+            try await m.waitUntilTTYMatches(a.int("tty"), a.string("regex"), timeout: a.timeout, file: at.file, line: at.line)
+            return .null
+        },
+        machine("dump_tty_contents", [.integer("tty")]) { m, a, at throws(VouchError) in
+            try await m.dumpTTYContents(a.int("tty"), file: at.file, line: at.line)
+            return .null
+        },
+        machine("wait_for_x", [.timeout()]) { m, a, at throws(VouchError) in
+            try await m.waitForX(timeout: a.timeout, file: at.file, line: at.line)
+            return .null
+        },
+        machine("get_window_names") { m, _, at throws(VouchError) in
+            .array(try await m.windowNames(file: at.file, line: at.line).map { .string($0) })
+        },
+        machine("wait_for_window", [.string("regex"), .timeout()]) { m, a, at throws(VouchError) in
+            try await m.waitForWindow(a.string("regex"), timeout: a.timeout, file: at.file, line: at.line)
+            return .null
+        },
         // nixpkgs returns the monitor's raw transcript, prompt included.
         machine("send_monitor_command", [.string("command")]) { m, a, _ throws(VouchError) in
             .string(try await m.monitorTranscript(a.string("command")))
