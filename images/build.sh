@@ -32,6 +32,13 @@ readonly SYSTEMD_PACKAGES=(
     openssh-server
 )
 
+# The desktop guest: the systemd guest plus an X server on the VGA card
+# (modesetting over bochs), a small window manager, xterm, and the X tools
+# the driver's calls use (xwininfo, xwd), and chvt (kbd) to switch consoles.
+readonly DESKTOP_PACKAGES=(
+    xserver-xorg-core xserver-xorg-input-libinput xinit xterm x11-utils x11-apps twm xfonts-base kbd
+)
+
 # Modules the guests insmod from their initramfs; build.sh adds their
 # dependencies from modules.dep.  Names as in modules.dep (file stem).
 readonly MINIMAL_MODULES=(
@@ -82,7 +89,7 @@ die() { log "error: $*"; exit 1; }
 
 usage() {
     cat >&2 <<EOF
-usage: images/build.sh [--force] [minimal|systemd|all]
+usage: images/build.sh [--force] [minimal|systemd|desktop|all]
 
 Builds Vouch guest images into \${VOUCH_IMAGES:-<repo>/.cache/images}
 (now: $OUT_ROOT) and prints the image directories on stdout.
@@ -382,27 +389,29 @@ DBS_TAR='' DBS_VERSIONS=''
 # debootstrap is the slow, network-bound step: its result is cached as a
 # tarball keyed by suite, mirror and package list, with the resolved package
 # versions beside it (they go into the image's recipe hash).
+# ensure_debootstrap NAME PACKAGE...: the cached tarball for that package list.
 ensure_debootstrap() {
-    local key
-    key=$(printf '%s\n' "$SUITE" "$MIRROR" minbase "${SYSTEMD_PACKAGES[@]}" | sha256sum | cut -c1-12)
+    local name=$1 key
+    shift
+    key=$(printf '%s\n' "$SUITE" "$MIRROR" minbase "$@" | sha256sum | cut -c1-12)
     DBS_TAR=$OUT_ROOT/.debootstrap/$SUITE-$key.tar
     DBS_VERSIONS=$OUT_ROOT/.debootstrap/$SUITE-$key.versions
     if ((!FORCE)) && [[ -f $DBS_TAR && -f $DBS_VERSIONS ]]; then
-        log "systemd: using cached debootstrap $DBS_TAR"
+        log "$name: using cached debootstrap $DBS_TAR"
         return 0
     fi
-    local t=$WORK/debootstrap
+    local t=$WORK/debootstrap-$name
     mkdir -p "$t" "$OUT_ROOT/.debootstrap"
     local include
-    include=$(IFS=,; echo "${SYSTEMD_PACKAGES[*]}")
-    log "systemd: debootstrap $SUITE ($include) from $MIRROR"
+    include=$(IFS=,; echo "$*")
+    log "$name: debootstrap $SUITE ($include) from $MIRROR"
     debootstrap --variant=minbase --include="$include" "$SUITE" "$t/root" "$MIRROR" > "$t/log" 2>&1 ||
         { tail -n 30 "$t/log" >&2; die "debootstrap failed (full log: $t/log)"; }
     chroot "$t/root" apt-get clean
     rm -rf "$t/root"/var/lib/apt/lists/*
     # shellcheck disable=SC2016 # dpkg-query format, not shell
     chroot "$t/root" dpkg-query -W -f '${Package}=${Version}\n' | sort > "$t/versions"
-    log "systemd: caching debootstrap result"
+    log "$name: caching debootstrap result"
     tar --numeric-owner --xattrs -C "$t/root" -cf "$t/root.tar" .
     mv -T "$t/root.tar" "$DBS_TAR"
     mv -T "$t/versions" "$DBS_VERSIONS"
@@ -490,28 +499,56 @@ build_systemd_initrd() {
 }
 
 build_systemd() {
-    ensure_debootstrap
+    ensure_debootstrap systemd "${SYSTEMD_PACKAGES[@]}"
+    build_systemd_like systemd multi-user.target
+}
+
+build_desktop() {
+    ensure_debootstrap desktop "${SYSTEMD_PACKAGES[@]}" "${DESKTOP_PACKAGES[@]}"
+    build_systemd_like desktop multi-user.target
+}
+
+# The root filesystem additions of the desktop guest: root logged in on
+# tty1, an X server on vt7 started for graphical.target.
+configure_desktop() {
+    local r=$1
+    log "desktop: autologin on tty1, X on vt7"
+    rm -f "$r/etc/systemd/system/getty@tty1.service"  # the systemd guest masks it
+    install -D -m 0644 "$GUEST_DIR/desktop/autologin.conf" "$r/etc/systemd/system/getty@tty1.service.d/autologin.conf"
+    install -D -m 0644 "$GUEST_DIR/desktop/vouch-x.service" "$r/etc/systemd/system/vouch-x.service"
+    install -D -m 0755 "$GUEST_DIR/desktop/xinitrc" "$r/etc/vouch/xinitrc"
+    install -D -m 0644 "$GUEST_DIR/desktop/twmrc" "$r/etc/vouch/twmrc"
+    mkdir -p "$r/etc/systemd/system/graphical.target.wants"
+    ln -sf ../vouch-x.service "$r/etc/systemd/system/graphical.target.wants/vouch-x.service"
+    ln -sfn /lib/systemd/system/graphical.target "$r/etc/systemd/system/default.target"
+}
+
+# build_systemd_like NAME READY_UNIT: a systemd guest from the debootstrap
+# tarball ensure_debootstrap chose.
+build_systemd_like() {
+    local name=$1 ready=$2
     local hash
-    hash=$(recipe_hash systemd \
+    hash=$(recipe_hash "$name" \
         "cmdline $SYSTEMD_CMDLINE" \
         "suite $SUITE mirror $MIRROR" \
         "initrd-modules ${SYSTEMD_INITRD_MODULES[*]}" \
         "$(host_versions busybox-static e2fsprogs)" \
         "$(cat "$DBS_VERSIONS")")
-    cached systemd "$hash" && return 0
-    log "systemd: building recipe $hash"
+    cached "$name" "$hash" && return 0
+    log "$name: building recipe $hash"
     ensure_kernel
 
-    local out=$WORK/systemd.out r=$WORK/systemd.root
+    local out=$WORK/$name.out r=$WORK/$name.root
     mkdir -p "$out" "$r"
-    log "systemd: unpacking the debootstrap tarball"
+    log "$name: unpacking the debootstrap tarball"
     tar --numeric-owner --xattrs -C "$r" -xf "$DBS_TAR"
     configure_rootfs "$r"
+    [[ $name != desktop ]] || configure_desktop "$r"
 
     local used size
     used=$(du -sm "$r" | cut -f1)
     size=$((used + 256))
-    log "systemd: mkfs.ext4 -d (${used} MiB used, ${size} MiB image)"
+    log "$name: mkfs.ext4 -d (${used} MiB used, ${size} MiB image)"
     # Keep the journal: the image is only ever a read-only qcow2 backing
     # file, but the overlay a VM writes to must survive crash() + restart.
     mkfs.ext4 -q -F -L vouch-root -m 0 -E lazy_itable_init=0,lazy_journal_init=0 \
@@ -521,11 +558,11 @@ build_systemd() {
     # rename, so it costs disk space but no time.
     mv -T "$r" "$out/rootfs"
 
-    log "systemd: writing initrd.img"
-    build_systemd_initrd "$WORK/systemd.initrd" "$out/initrd.img"
+    log "$name: writing initrd.img"
+    build_systemd_initrd "$WORK/$name.initrd" "$out/initrd.img"
     link_kernel "$out"
-    write_manifest "$out" systemd "$hash" rootfs.ext4 multi-user.target "$SYSTEMD_CMDLINE" systemd.hostname rootfs
-    publish systemd "$hash" "$out"
+    write_manifest "$out" "$name" "$hash" rootfs.ext4 "$ready" "$SYSTEMD_CMDLINE" systemd.hostname rootfs
+    publish "$name" "$hash" "$out"
 }
 
 # ------------------------------------------------------------------ main ---
@@ -536,8 +573,8 @@ main() {
         case $1 in
             --force) FORCE=1 ;;
             -h | --help) usage; exit 0 ;;
-            minimal | systemd) targets+=("$1") ;;
-            all) targets+=(minimal systemd) ;;
+            minimal | systemd | desktop) targets+=("$1") ;;
+            all) targets+=(minimal systemd desktop) ;;
             *) usage; exit 2 ;;
         esac
         shift

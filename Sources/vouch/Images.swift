@@ -15,7 +15,7 @@ struct Images: AsyncParsableCommand {
     struct Build: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Build images (default: all).")
 
-        @Argument(help: "Image names: minimal, systemd.")
+        @Argument(help: "Image names: minimal, systemd, desktop (default: all three).")
         var names: [String] = []
 
         @Flag(help: "Rebuild even if cached.")

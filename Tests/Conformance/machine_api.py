@@ -5,6 +5,7 @@ import json
 import os
 import re
 import tempfile
+from test_driver.errors import RequestedAssertionFailed
 
 # Node names are mangled as in nixpkgs: "web-server" is web_server.
 assert web_server.name == "web-server"
@@ -154,6 +155,13 @@ with subtest("unsupported methods say so"):
     with t.assertRaises(NotImplementedError) as cm:
         web_server.get_tty_text(9)
     t.assertIn("no virtual console 9", str(cm.exception))
+    # No X in this guest.
+    with t.assertRaises(NotImplementedError) as cm:
+        web_server.get_window_names()
+    t.assertIn("x11-utils", str(cm.exception))
+    with t.assertRaises(RequestedAssertionFailed) as cm:
+        web_server.wait_for_x(timeout=2)
+    t.assertIn("/tmp/.X11-unix/X0 does not exist", str(cm.exception))
     with t.assertRaises(AttributeError):
         web_server.no_such_method()
 

@@ -58,7 +58,7 @@ public struct GuestImage: Sendable {
     }
 
     /// The built-in images, by name.
-    public static let builtIn = ["minimal", "systemd"]
+    public static let builtIn = ["minimal", "systemd", "desktop"]
 
     /// Finds a built-in image by name, or an image directory by path.
     /// - Throws: `VouchError.missingImage` saying how to build it.
