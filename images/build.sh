@@ -34,9 +34,10 @@ readonly SYSTEMD_PACKAGES=(
 
 # The desktop guest: the systemd guest plus an X server on the VGA card
 # (modesetting over bochs), a small window manager, xterm, and the X tools
-# the driver's calls use (xwininfo, xwd), and chvt (kbd) to switch consoles.
+# the driver's calls use (xwininfo, xwd), chvt (kbd) to switch consoles, and
+# Xvfb for an X display where there is no VGA card (a container).
 readonly DESKTOP_PACKAGES=(
-    xserver-xorg-core xserver-xorg-input-libinput xinit xterm x11-utils x11-apps twm xfonts-base kbd
+    xserver-xorg-core xserver-xorg-input-libinput xinit xterm x11-utils x11-apps twm xfonts-base kbd xvfb
 )
 
 # Modules the guests insmod from their initramfs; build.sh adds their

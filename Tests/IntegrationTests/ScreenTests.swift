@@ -72,6 +72,29 @@ struct ScreenTests {
     }
 }
 
+/// A container has no display device: Vouch photographs the X display the
+/// guest runs (Xvfb here, from the desktop image's root), through `xwd`.
+@Suite(.serialized)
+struct ContainerScreenTests {
+    @Test func aContainerRunningXIsPhotographedFromInside() async throws {
+        var spec = container("deskct", vlans: [])
+        spec.nspawn?.image = "desktop"
+        let run = try await RealRun.run([spec]) { d in
+            let ct = try d.machine("deskct")
+            try await ct.succeed("systemd-run --unit=xvfb Xvfb :0 -screen 0 800x600x24 -nolisten tcp")
+            try await ct.waitForX(timeout: 120)
+            try await ct.succeed("systemd-run --unit=term -E DISPLAY=:0 xterm -title in-container")
+            try await ct.waitForWindow("in-container", timeout: 120)
+            let url = try await ct.screenshot("container")
+            let size = try #require(pngSize(try Data(contentsOf: url)))
+            #expect(size.width == 800 && size.height == 600)
+            let keys = await #expect(throws: VouchError.self) { try await ct.sendChars("x") }
+            #expect(keys?.kind == .unsupported && keys?.message.contains("a container has no keyboard") == true)
+        }
+        #expect(run.outcome == .passed)
+    }
+}
+
 /// The width and height in a PNG's IHDR chunk, if `data` is a PNG.
 func pngSize(_ data: Data) -> (width: Int, height: Int)? {
     let bytes = [UInt8](data.prefix(24))

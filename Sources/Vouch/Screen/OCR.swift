@@ -9,15 +9,15 @@ enum OCR {
     /// Reads `png` in one tesseract pass (page segmentation 11: sparse text).
     /// - Throws: `.unsupported` when tesseract is not installed, `.other`
     ///   with its output when it fails, `.cancelled`.
-    static func text(of png: String, machine: String) async throws(VouchError) -> String {
-        guard ChildProcess.resolve("tesseract") != nil else {
+    static func text(of png: String, machine: String, tesseract: String = "tesseract") async throws(VouchError) -> String {
+        guard ChildProcess.resolve(tesseract) != nil else {
             throw VouchError(.unsupported, "OCR needs tesseract, which is not installed: apt-get install tesseract-ocr (scripts/setup does)",
                              machine: machine)
         }
         var engine = Engine.chosen.withLock { $0 }
         while true {
             let (status, output) = try await ChildProcess.run(
-                "tesseract", [png, "stdout", "--oem", engine.rawValue, "--psm", "11", "-c", "debug_file=/dev/null"], timeout: 120)
+                tesseract, [png, "stdout", "--oem", engine.rawValue, "--psm", "11", "-c", "debug_file=/dev/null"], timeout: 120)
             if status == .exited(0) { return output }
             // Debian's language data is LSTM only; nixpkgs asks for the legacy engine.
             if engine == .legacyAndLSTM, output.contains("legacy engine") || output.contains("components are not present") {
