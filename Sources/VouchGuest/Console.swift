@@ -99,6 +99,10 @@ package final class Console: Sendable {
         }
     }
 
+    /// The output after the last complete line (a prompt, say), which the
+    /// next complete line will start with.
+    package var partialLine: String { state.withLock { String(decoding: $0.splitter.remainder, as: UTF8.self) } }
+
     /// The recent text still in memory (at most about `window` bytes),
     /// including an unterminated last line.
     package var recentText: String { text(from: 0, partialLine: true).text }

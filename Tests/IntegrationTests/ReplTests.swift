@@ -69,6 +69,16 @@ struct ReplTests {
         try await terminal.type("C-d")
         try await terminal.waitFor("interactive shell ended", timeout: 20)
 
+        // The serial console, raw: keys reach a reader of ttyS0, its output shows.
+        try await terminal.type(#"solo.succeed("(head -n1 /dev/ttyS0 > /tmp/got; echo serial-saw-$(cat /tmp/got) > /dev/ttyS0) >/dev/null 2>&1 &")"#, "Enter")
+        try await terminal.waitFor(">>> ", timeout: 20)
+        try await terminal.type("solo.console_interact()", "Enter")
+        try await terminal.waitFor("Ctrl-D leaves", timeout: 20)
+        try await terminal.type("typed-on-serial", "Enter")
+        try await terminal.waitFor("serial-saw-typed-on-serial", timeout: 30)
+        try await terminal.type("C-d")
+        try await terminal.waitFor("serial console session ended", timeout: 20)
+
         // ^C at the prompt stops the call in progress, in the guest too.
         try await terminal.type(#"solo.succeed("sleep 100")"#, "Enter")
         try await Task.sleep(for: .seconds(1.5))

@@ -18,7 +18,7 @@ from .qmp import QMPSession
 # Python driver methods Vouch does not implement (yet).  Calling one raises
 # NotSupportedByVouch naming it, instead of an AttributeError.
 UNSUPPORTED = [
-    "console_interact", "switch_root",
+    "switch_root",
     "ssh_backdoor_command", "create_efi_vars", "write_efi_vars", "read_efi_vars", "dump_efi_vars",
 ]
 
@@ -251,6 +251,11 @@ class BaseMachine:
     def shell_interact(self, address=None):
         from .interact import shell_interact
         shell_interact(self)
+
+    def console_interact(self):
+        """The serial console in this terminal, raw; Ctrl-D leaves."""
+        from .interact import console_interact
+        console_interact(self)
 
 
 class _VMMachine(BaseMachine):

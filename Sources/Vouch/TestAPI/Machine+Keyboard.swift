@@ -58,6 +58,15 @@ extension Machine {
         }
     }
 
+    /// The serial console's output for a live view (`console_interact`):
+    /// the complete lines from byte `offset` on (from the oldest still in
+    /// memory if that is later; a negative offset means from now), the
+    /// unterminated line after them, and the offset where they end.
+    public func consoleOutput(from offset: Int) -> (lines: String, partial: String, end: Int) {
+        let (lines, _, end) = console.text(from: offset < 0 ? console.end : offset)
+        return (lines, console.partialLine, end)
+    }
+
     /// The text of virtual console `tty` (`/dev/vcs<tty>` in the guest),
     /// in lines as wide as the console.
     /// - Throws: `.unsupported` when the guest has no such console (a

@@ -262,6 +262,10 @@ enum BridgeTable {
             try await m.sendChars(a.string("chars"), delay: a.number("delay"), file: at.file, line: at.line)
             return .null
         },
+        machine("console_read", [.integer("offset")]) { m, a, _ in
+            let (lines, partial, end) = await m.consoleOutput(from: a.int("offset"))
+            return [.string(lines), .string(partial), .number(Double(end))]
+        },
         machine("send_console", [.string("chars")]) { m, a, at throws(VouchError) in
             try await m.sendConsole(a.string("chars"), file: at.file, line: at.line)
             return .null
