@@ -44,26 +44,15 @@ enum OCR {
         }
         if !parallel {
             // One after another: what `vouch bench --screens` compares against.
-            var texts = [try await text(of: png, machine: machine)]
-            for index in 1..<3 {
-                let prepared = png + ".variant\(index).png"
-                defer { try? FileManager.default.removeItem(atPath: prepared) }
-                try await preprocess(png, into: prepared, negate: index == 2, machine: machine)
-                texts.append(try await text(of: prepared, machine: machine))
-            }
+            var texts: [String] = []
+            for index in 0..<3 { texts.append(try await pass(index, of: png, machine: machine)) }
             return texts
         }
         let results: [(Int, String)]
         do {
             results = try await withThrowingTaskGroup(of: (Int, String).self) { group in
                 for index in 0..<3 {
-                    group.addTask {
-                        guard index > 0 else { return (0, try await text(of: png, machine: machine)) }
-                        let prepared = png + ".variant\(index).png"
-                        defer { try? FileManager.default.removeItem(atPath: prepared) }
-                        try await preprocess(png, into: prepared, negate: index == 2, machine: machine)
-                        return (index, try await text(of: prepared, machine: machine))
-                    }
+                    group.addTask { (index, try await pass(index, of: png, machine: machine)) }
                 }
                 var collected: [(Int, String)] = []
                 for try await result in group {
@@ -81,6 +70,16 @@ enum OCR {
             throw VouchError(.cancelled, "OCR was cancelled", machine: machine, cause: SendableError(error))
         }
         return results.sorted { $0.0 < $1.0 }.map(\.1)
+    }
+
+    /// Pass 0 reads the screenshot as it is; 1 reads it preprocessed, 2
+    /// preprocessed and negated.
+    private static func pass(_ index: Int, of png: String, machine: String) async throws(VouchError) -> String {
+        guard index > 0 else { return try await text(of: png, machine: machine) }
+        let prepared = png + ".variant\(index).png"
+        defer { try? FileManager.default.removeItem(atPath: prepared) }
+        try await preprocess(png, into: prepared, negate: index == 2, machine: machine)
+        return try await text(of: prepared, machine: machine)
     }
 
     private static func preprocess(_ png: String, into output: String, negate: Bool, machine: String) async throws(VouchError) {
