@@ -16,8 +16,19 @@ package final class MachineHealth: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Resets of the guest it asked for itself (a reboot with rebooting
+    /// allowed); not a fault, and kept across `reset`.
+    private let resets = Mutex(0)
 
     package init() {}
+
+    /// How many times the guest has reset itself since the machine was made.
+    package var guestResets: Int { resets.withLock { $0 } }
+
+    /// Counts a reset the guest asked for: its shell comes back with a new banner.
+    package func noteGuestReset() {
+        resets.withLock { $0 += 1 }
+    }
 
     /// The fault reported since the last `reset`, if any.
     package var fault: VouchError? { state.withLock { $0.fault } }

@@ -13,6 +13,7 @@ struct ScreenTests {
         spec.qemu?.graphics = true
         let run = try await RealRun.run([spec]) { d in
             let m = try d.machine("desk")
+            try await m.start(allowReboot: true)
 
             try await subtest("X comes up on the VGA display, and windows are found by name") {
                 try await m.waitForX(timeout: 300)
@@ -63,9 +64,15 @@ struct ScreenTests {
                 #expect(badChar?.kind == .invalidSpec)
             }
 
-            try await subtest("ctrl-alt-delete on tty1: the guest reboots, which ends a machine not allowed to") {
+            try await subtest("ctrl-alt-delete on tty1 reboots the guest; the next command waits for its new shell") {
+                let before = try await m.succeed("cut -d' ' -f1 /proc/uptime")
                 try await m.sendKey("ctrl-alt-delete")
-                try await m.waitForShutdown(timeout: 120)
+                // A command sent while the guest goes down is lost with it (see the README): wait for QEMU's RESET.
+                let health = await m.context.health
+                try await retry(timeout: 120) { guard health.guestResets > 0 else { throw VouchError(.other, "no RESET yet") } }
+                let after = try await m.succeed("cut -d' ' -f1 /proc/uptime")
+                #expect(Double(after.trimmingCharacters(in: .whitespacesAndNewlines))! < Double(before.trimmingCharacters(in: .whitespacesAndNewlines))!)
+                #expect(try await m.succeed("echo again") == "again\n")
             }
         }
         #expect(run.outcome == .passed)

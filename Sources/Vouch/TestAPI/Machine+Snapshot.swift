@@ -124,6 +124,7 @@ extension Machine {
         }
         self.shell = shell
         booted = true
+        resetsSeen = context.health.guestResets
         log.debug("restored guest shell answers", machine: name)
         // One command for the clock and the backend's steps: every exec in a
         // freshly restored TCG guest is slow (its translated code is gone).

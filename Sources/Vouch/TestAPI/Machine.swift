@@ -36,6 +36,8 @@ public actor Machine {
     /// Whether a guest reboot resets the machine instead of ending it (`start(allowReboot:)`).
     private var rebootAllowed = false
     private var warnedPlainFraming = false
+    /// The guest resets (`MachineHealth.guestResets`) the shell has come back from.
+    var resetsSeen = 0
     /// One OCR round at a time per machine: three tesseracts already fill the cores.
     let ocrLock = AsyncLock()
 
@@ -137,6 +139,7 @@ public actor Machine {
         try await connect(shell, backend: backend, until: deadline, what: "boot")
         self.shell = shell
         booted = true
+        resetsSeen = context.health.guestResets
         let seconds = (ContinuousClock.now - began).seconds
         lastBootSeconds = seconds
         log.log(String(format: "connected to the guest root shell (%.2f s after start)", seconds), machine: name)
@@ -262,6 +265,7 @@ public actor Machine {
         }
         if !rebootAllowed { try await power.allowReboot(false) }
         booted = true
+        resetsSeen = context.health.guestResets
         log.log("back after reboot", machine: name)
     }
 
@@ -326,6 +330,7 @@ public actor Machine {
             throw VouchError(.machineDown, "the machine is not running", machine: name, command: command, location: location)
         }
         do {
+            if context.health.guestResets != resetsSeen { try await followGuestReboot(shell) }
             let result = try await shell.run(command, until: deadline)
             if result.waitedForLeftovers { warnLeftovers(command) }
             return result
@@ -338,6 +343,22 @@ public actor Machine {
         } catch {
             throw error.at(location)
         }
+    }
+
+    /// The guest rebooted itself (rebooting allowed): its old shell is gone,
+    /// so wait for the new one's banner before the next command.
+    private func followGuestReboot(_ shell: GuestShell) async throws(VouchError) {
+        log.log("the guest rebooted; waiting for its shell", machine: name)
+        booted = false
+        do {
+            try await shell.reconnect(until: Deadline(seconds: bootTimeout))
+        } catch where error.kind == .timeout {
+            throw VouchError(.bootFailed, "did not come back from the reboot it started within \(formatSeconds(bootTimeout))",
+                             machine: name, outputTail: console.tail(lines: 30))
+        }
+        resetsSeen = context.health.guestResets
+        booted = true
+        log.log("back after reboot", machine: name)
     }
 
     private func warnLeftovers(_ command: String) {

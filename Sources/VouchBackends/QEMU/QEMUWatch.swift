@@ -19,6 +19,9 @@ extension QEMUBackend {
             let panic = context.console.panicLine.map { ": \($0)" } ?? ""
             context.health.report(VouchError(.machineDown, "the guest kernel panicked (QEMU GUEST_PANICKED)\(panic)",
                                              machine: context.name, outputTail: context.console.tail(lines: 30)))
+        case "RESET":
+            // With rebooting allowed, a guest reboot resets instead of ending QEMU.
+            if data["guest"]?.boolValue == true { context.health.noteGuestReset() }
         case "STOP":
             guard !state.withLock({ $0.pausing }) else { return }
             Task { await self.explainStop() }
