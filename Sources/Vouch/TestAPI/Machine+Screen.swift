@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import VouchBackends
 import VouchSupport
 
@@ -36,26 +37,50 @@ extension Machine {
         }
     }
 
-    /// The X display's root window, dumped with `xwd` in the guest and turned
-    /// into a PNG on the host.
+    /// From inside the guest: the X display's root window (dumped with
+    /// `xwd`), or else the Linux framebuffer `/dev/fb0`; made a PNG on the host.
     private func captureX(to path: String) async throws(VouchError) {
-        let why = provider?.whyMissing(.screen).map { " (\($0))" } ?? ""
         guard try await execute("test -S /tmp/.X11-unix/X0", timeout: 30).status == 0 else {
+            if try await execute("test -c /dev/fb0", timeout: 30).status == 0 { return try await captureFramebuffer(to: path) }
+            let why = provider?.whyMissing(.screen).map { " (\($0))" } ?? ""
             throw VouchError(.unsupported, "this machine has no display: the \(backendName) backend gives it none\(why), "
-                             + "and no X server runs in the guest (/tmp/.X11-unix/X0 does not exist)", machine: name)
+                             + "no X server runs in the guest (/tmp/.X11-unix/X0 does not exist), and it has no framebuffer (/dev/fb0)", machine: name)
         }
         guard try await execute("command -v xwd", timeout: 30).status == 0 else {
             throw VouchError(.unsupported, "the guest runs X but has no xwd to capture it with (Debian: x11-apps)", machine: name)
         }
+        try await pullAndConvert(dump: "DISPLAY=:0 xwd -root -silent", format: "xwd:", to: path)
+    }
+
+    /// The framebuffer's visible part, read from `/dev/fb0` (32 bits per pixel, BGRA).
+    func captureFramebuffer(to path: String) async throws(VouchError) {
+        let info = try await succeed("cd /sys/class/graphics/fb0 && echo $(cat virtual_size bits_per_pixel stride)", timeout: 30)
+        let fields = info.split(whereSeparator: { $0 == "," || $0 == " " || $0 == "\n" }).compactMap { Int($0) }
+        guard fields.count == 4, fields[2] == 32, fields[3] >= fields[0] * 4 else {
+            throw VouchError(.unsupported, "the guest's framebuffer is not one Vouch can read (size, bits per pixel, stride: \(info.trimmingTrailingNewlines()); 32 bits per pixel needed)",
+                             machine: name)
+        }
+        let (width, height, stride) = (fields[0], fields[1], fields[3])
+        try await pullAndConvert(dump: "head -c \(stride * height) /dev/fb0", format: "-size \(stride / 4)x\(height) -depth 8 bgra:",
+                                 to: path, crop: "\(width)x\(height)+0+0")
+    }
+
+    /// Runs `dump` in the guest into the shared directory, brings the file
+    /// over and has ImageMagick make a PNG of it (`format` names its kind).
+    private func pullAndConvert(dump: String, format: String, to path: String, crop: String? = nil) async throws(VouchError) {
         let transfer = try capability(FileTransfer.self, .files, for: "screenshot")
-        let item = "screen-\(UUID().uuidString.prefix(8)).xwd"
+        let item = "screen-\(UUID().uuidString.prefix(8)).raw"
         let hostFile = context.sharedDirectory + "/" + item
         defer { try? FileManager.default.removeItem(atPath: hostFile) }
-        try await succeed("DISPLAY=:0 xwd -root -silent > \(transfer.guestSharedDirectory)/\(item)", timeout: 60)
+        try await succeed("\(dump) > \(transfer.guestSharedDirectory)/\(item)", timeout: 60)
         try await transfer.pullShared(item)
-        let (status, output) = try await ChildProcess.run("convert", ["xwd:" + hostFile, "png:" + path])
+        var args = format.split(separator: " ").dropLast().map(String.init)
+        args.append(String(format.split(separator: " ").last ?? "") + hostFile)
+        if let crop { args += ["-crop", crop, "+repage"] }
+        args += ["-alpha", "off", "png:" + path]
+        let (status, output) = try await ChildProcess.run("convert", args)
         guard status == .exited(0) else {
-            throw VouchError(.other, "convert could not turn the guest's xwd dump into a PNG (\(status)); apt-get install imagemagick",
+            throw VouchError(.other, "convert could not turn the guest's screen dump into a PNG (\(status)); apt-get install imagemagick",
                              machine: name, outputTail: tail(output))
         }
     }
@@ -94,11 +119,22 @@ extension Machine {
         let location = SourceLocation(file: file, line: line)
         let pattern = try Self.regex(regex, machine: name)
         log.log("waiting for \"\(regex)\" to appear on the screen", machine: name)
+        let lastRead = Mutex("")
         try await poll("\"\(regex)\" on the screen", timeout: timeout, location: location) { deadline throws(VouchError) in
-            let texts = try await self.withScratchScreenshot(location: location) { png throws(VouchError) in
-                try await OCR.variants(of: png, machine: self.name) { Self.matches(pattern, $0) }
+            // The wait's deadline cuts a round short (its three tesseracts are killed).
+            let round: [String]? = try await withDeadline(seconds: deadline.remaining, grace: 0.5) { () throws(VouchError) in
+                try await self.withScratchScreenshot(location: location) { png throws(VouchError) in
+                    try await OCR.variants(of: png, machine: self.name) { Self.matches(pattern, $0) }
+                }
             }
-            return texts.contains { Self.matches(pattern, $0) } ? .done : .notYet(seen: "OCR read:\n" + (texts.first ?? ""))
+            guard let texts = round else {
+                let before = lastRead.withLock { $0 }
+                return .notYet(seen: "the OCR round in progress was cut short by the deadline" + (before.isEmpty ? "" : "; the one before it " + before))
+            }
+            if texts.contains(where: { Self.matches(pattern, $0) }) { return .done }
+            let seen = "OCR read:\n" + (texts.first ?? "")
+            lastRead.withLock { $0 = seen }
+            return .notYet(seen: seen)
         }
     }
 
