@@ -8,9 +8,11 @@ extension Machine {
     /// As in nixpkgs, a `name` without a dot gets `.png`, and one without a
     /// slash goes into the output directory. A QEMU machine's display is its
     /// VGA card (`"graphics": true`); on other backends Vouch captures the
-    /// guest's X display (`:0`) from inside, when it runs one.
+    /// guest's X display (`:0`) from inside when it runs one, else its
+    /// framebuffer.
     /// - Throws: `.unsupported` saying what the machine lacks (no VGA card,
-    ///   no X server, no `xwd`), `.qmpError`/`.other` when the capture fails.
+    ///   no X server, no `xwd`, no framebuffer), `.qmpError`/`.other` when
+    ///   the capture fails.
     @discardableResult
     public func screenshot(_ name: String, file: String = #filePath, line: Int = #line) async throws(VouchError) -> URL {
         var fileName = name
@@ -30,7 +32,7 @@ extension Machine {
             if let screen = backend as? ScreenCapture {
                 try await screen.screenshot(toPNG: path)
             } else {
-                try await captureX(to: path)
+                try await captureFromInside(to: path)
             }
         } catch {
             throw error.on(name).at(location)
@@ -39,7 +41,7 @@ extension Machine {
 
     /// From inside the guest: the X display's root window (dumped with
     /// `xwd`), or else the Linux framebuffer `/dev/fb0`; made a PNG on the host.
-    private func captureX(to path: String) async throws(VouchError) {
+    private func captureFromInside(to path: String) async throws(VouchError) {
         guard try await execute("test -S /tmp/.X11-unix/X0", timeout: 30).status == 0 else {
             if try await execute("test -c /dev/fb0", timeout: 30).status == 0 { return try await captureFramebuffer(to: path) }
             let why = provider?.whyMissing(.screen).map { " (\($0))" } ?? ""
