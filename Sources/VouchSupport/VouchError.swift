@@ -37,6 +37,9 @@ public struct VouchError: Error, CustomStringConvertible, Sendable {
         case assertionFailed
         /// A QMP command returned an error.
         case qmpError
+        /// A VMM's REST API (firecracker, cloud-hypervisor) refused a request
+        /// or answered outside its protocol.
+        case apiError
         /// The call was cancelled (Ctrl-C, a failed sibling, the global timeout).
         case cancelled
         /// Anything else, with the message saying what.

@@ -99,7 +99,7 @@ enum BridgeTable {
             case .commandFailed, .commandSucceeded, .timeout, .unitFailed, .assertionFailed: "RequestedAssertionFailed"
             case .unsupported: "NotSupportedByVouch"
             case .cancelled: "KeyboardInterrupt"
-            case .machineDown, .bootFailed, .qmpError, .protocolError: "MachineError"
+            case .machineDown, .bootFailed, .qmpError, .apiError, .protocolError: "MachineError"
             case .spawnFailed, .invalidSpec, .missingImage, .other: "VouchError"
             }
         }
