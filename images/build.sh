@@ -45,7 +45,7 @@ readonly DESKTOP_PACKAGES=(
 readonly MINIMAL_MODULES=(
     virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
     virtio_mmio virtio_console virtio_blk virtio-rng failover net_failover
-    virtio_net netfs fscache 9pnet 9pnet_virtio 9p
+    virtio_net netfs fscache 9pnet 9pnet_virtio 9p vmw_vsock_virtio_transport
 )
 readonly SYSTEMD_INITRD_MODULES=(
     virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
@@ -119,6 +119,7 @@ check_tools() {
         debootstrap:debootstrap busybox:busybox-static cpio:cpio xz:xz-utils
         gzip:gzip depmod:kmod mkfs.ext4:e2fsprogs file:file ldd:libc-bin
         sha256sum:coreutils flock:util-linux chroot:coreutils tar:tar
+        gcc:gcc
     )
     local missing=() entry
     for entry in "${need[@]}"; do
@@ -130,7 +131,20 @@ check_tools() {
     if ! file -L "$(command -v busybox)" | grep -q 'statically linked'; then
         die "busybox is not statically linked; install with: apt-get install busybox-static"
     fi
+    [[ -e /usr/lib/x86_64-linux-gnu/libc.a ]] || die "no static libc for vsockd; install with: apt-get install libc6-dev"
     ((EUID == 0)) || die "must run as root (debootstrap, chroot, mknod)"
+}
+
+# Installs the vsock backdoor (for firecracker and cloud-hypervisor) into a
+# staging root: vsockd, built static so it runs in the busybox guest too.
+stage_vsock_backdoor() {
+    local root=$1
+    mkdir -p "$root/usr/libexec/vouch"
+    gcc -static -O2 -Wall -o "$root/usr/libexec/vouch/vsockd" "$GUEST_DIR/common/vsockd.c" ||
+        die "cannot compile vsockd"
+    strip "$root/usr/libexec/vouch/vsockd" 2>/dev/null || true
+    install -m 0755 "$GUEST_DIR/common/vsock-shell" "$root/usr/libexec/vouch/vsock-shell"
+    install -m 0755 "$GUEST_DIR/common/vsock-backdoor" "$root/usr/libexec/vouch/vsock-backdoor"
 }
 
 # ---------------------------------------------------------------- kernel ---
@@ -293,7 +307,8 @@ write_manifest() {
   "kernelVersion": "$KVER",
   "kernelPackage": "$KPKG=$KDEBVER",
   "hostnameParam": "$hostparam",
-  "backdoorBanner": "Spawning backdoor root shell..."
+  "backdoorBanner": "Spawning backdoor root shell...",
+  "vsockBackdoor": true
 }
 EOF
 }
@@ -364,6 +379,7 @@ build_minimal() {
     install -m 0755 "$GUEST_DIR/minimal/rcK" "$root/etc/init.d/rcK"
     install -m 0755 "$GUEST_DIR/minimal/backdoor" "$root/usr/libexec/vouch/backdoor"
     install -m 0755 "$GUEST_DIR/common/network" "$root/usr/libexec/vouch/network"
+    stage_vsock_backdoor "$root"
     printf 'root::0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$root/etc/passwd"
     printf 'root:x:0:\ntty:x:5:\nnogroup:x:65534:\n' > "$root/etc/group"
     printf '127.0.0.1 localhost\n::1 localhost\n' > "$root/etc/hosts"
@@ -444,6 +460,8 @@ configure_rootfs() {
     install -D -m 0755 "$GUEST_DIR/common/network" "$r/usr/libexec/vouch/network"
     install -D -m 0644 "$GUEST_DIR/systemd/vouch-network.service" "$r/etc/systemd/system/vouch-network.service"
     install -D -m 0644 "$GUEST_DIR/systemd/backdoor.service" "$r/etc/systemd/system/backdoor.service"
+    stage_vsock_backdoor "$r"
+    install -D -m 0644 "$GUEST_DIR/systemd/vsock-backdoor.service" "$r/etc/systemd/system/vsock-backdoor.service"
     install -D -m 0644 "$GUEST_DIR/systemd/vouch-shared.service" "$r/etc/systemd/system/vouch-shared.service"
     install -D -m 0644 "$GUEST_DIR/systemd/journald.conf" "$r/etc/systemd/journald.conf.d/vouch.conf"
     install -D -m 0644 "$GUEST_DIR/systemd/system.conf" "$r/etc/systemd/system.conf.d/vouch.conf"
@@ -451,6 +469,7 @@ configure_rootfs() {
     mkdir -p "$r/etc/systemd/system/multi-user.target.wants" "$r/etc/systemd/system/local-fs.target.wants" \
         "$r/etc/systemd/system/sysinit.target.wants" "$r/etc/systemd/system/network-online.target.wants"
     ln -sf ../backdoor.service "$r/etc/systemd/system/multi-user.target.wants/backdoor.service"
+    ln -sf ../vsock-backdoor.service "$r/etc/systemd/system/multi-user.target.wants/vsock-backdoor.service"
     ln -sf ../vouch-shared.service "$r/etc/systemd/system/local-fs.target.wants/vouch-shared.service"
     ln -sf ../vouch-network.service "$r/etc/systemd/system/sysinit.target.wants/vouch-network.service"
     ln -sf ../vouch-network.service "$r/etc/systemd/system/network-online.target.wants/vouch-network.service"

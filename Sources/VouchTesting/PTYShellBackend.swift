@@ -155,14 +155,14 @@ package final class PTYShellBackend: Backend, Crashable, FileTransfer {
     }
 
     /// The fake's `/tmp/shared` is live when it has a private `/tmp`.
-    package func pushShared(_ item: String) async throws(VouchError) {
+    package func pushShared(_ item: String, shell: GuestShell) async throws(VouchError) {
         guard guestTmp != nil else {
             throw VouchError(.unsupported, "the pty fake has no private /tmp, so no /tmp/shared (no mount namespaces here)", machine: context.name)
         }
     }
 
-    package func pullShared(_ item: String) async throws(VouchError) {
-        try await pushShared(item)
+    package func pullShared(_ item: String, shell: GuestShell) async throws(VouchError) {
+        try await pushShared(item, shell: shell)
     }
 
     package func stop(keepState: Bool) async {

@@ -104,7 +104,9 @@ import Testing
     }
 
     @Test func invalidValues() {
-        expectInvalid(#"{"machines": {"a": {"backend": "firecracker"}}}"#, "machines.a.backend: unknown backend 'firecracker'", "known: qemu")
+        expectInvalid(#"{"machines": {"a": {"backend": "qemuu"}}}"#, "machines.a.backend: unknown backend 'qemuu'", "known: qemu, nspawn, ssh, firecracker")
+        expectInvalid(#"{"machines": {"a": {"backend": "firecracker"}}}"#, "the firecracker backend needs \"network\": \"tap\"")
+        expectInvalid(#"{"machines": {"a": {"backend": "firecracker", "cpus": 64, "vlans": []}}}"#, "machines.a.cpus: 1 to 32")
         expectInvalid(#"{"name": "x"}"#, "spec.machines must be an object")
         expectInvalid(#"{"globalTimeout": 0, "machines": {"a": {}}}"#, "globalTimeout must be positive")
         expectInvalid(#"{"machines": {"a": {"memory": 16}}}"#, "machines.a.memory: at least 32")

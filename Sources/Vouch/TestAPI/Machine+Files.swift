@@ -1,8 +1,16 @@
 import Foundation
 import VouchBackends
+import VouchGuest
 import VouchSupport
 
 extension Machine {
+    /// The backdoor shell of a started machine.
+    /// - Throws: `.machineDown` when there is none (the machine went down).
+    func connectedShell() throws(VouchError) -> GuestShell {
+        guard let shell else { throw VouchError(.machineDown, "the machine is not running", machine: name) }
+        return shell
+    }
+
     /// Copies a file or directory from the host into the guest at `destination`,
     /// through the shared directory (any size, binary-safe).
     /// - Throws: `.commandFailed` if the guest-side copy fails, `.other` with
@@ -23,7 +31,7 @@ extension Machine {
         } catch {
             throw VouchError(.other, "cannot stage \(source) for copying", machine: name, location: location, cause: SendableError(error))
         }
-        try await transfer.pushShared(staging)
+        try await transfer.pushShared(staging, shell: try connectedShell())
         let dst = shellQuote(destination)
         try await succeed(
             "mkdir -p \"$(dirname \(dst))\" && cp -r \(transfer.guestSharedDirectory)/\(staging)/item \(dst)", file: file, line: line)
@@ -46,7 +54,7 @@ extension Machine {
         defer { try? fm.removeItem(atPath: hostStaging) }
         let shared = transfer.guestSharedDirectory
         try await succeed("mkdir -p \(shared)/\(staging) && cp -r \(shellQuote(source)) \(shared)/\(staging)/", file: file, line: line)
-        try await transfer.pullShared(staging)
+        try await transfer.pullShared(staging, shell: try connectedShell())
         let base = (source as NSString).lastPathComponent
         let targetDir = targetDirectory.hasPrefix("/")
             ? URL(fileURLWithPath: targetDirectory) : outputDirectory.appendingPathComponent(targetDirectory)

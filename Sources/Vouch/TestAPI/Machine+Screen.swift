@@ -75,7 +75,7 @@ extension Machine {
         let hostFile = context.sharedDirectory + "/" + item
         defer { try? FileManager.default.removeItem(atPath: hostFile) }
         try await succeed("\(dump) > \(transfer.guestSharedDirectory)/\(item)", timeout: 60)
-        try await transfer.pullShared(item)
+        try await transfer.pullShared(item, shell: try connectedShell())
         var args = format.split(separator: " ").dropLast().map(String.init)
         args.append(String(format.split(separator: " ").last ?? "") + hostFile)
         if let crop { args += ["-crop", crop, "+repage"] }

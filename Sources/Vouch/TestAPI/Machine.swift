@@ -192,7 +192,7 @@ public actor Machine {
         try power.permit(.shutdown)
         log.log("shutting down", machine: name)
         await shell.markLost("the machine was shut down")
-        try await shell.sendUnframed("poweroff", until: Deadline(seconds: 10))
+        try await shell.sendUnframed(power.powerOffCommand, until: Deadline(seconds: 10))
         booted = false
         self.shell = nil
         if let status = try await backend.waitForExit(until: timeout) {

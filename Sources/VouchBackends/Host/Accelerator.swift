@@ -72,12 +72,7 @@ public enum Accelerator {
     }
 
     package static func probe(kernel: String, qemu: String) async -> (Bool, String) {
-        let args = [
-            "-accel", "kvm", "-M", "microvm", "-cpu", "host", "-m", "128", "-nodefaults", "-no-user-config",
-            "-display", "none", "-serial", "stdio", "-no-reboot", "-kernel", kernel,
-            "-append", "console=ttyS0 panic=-1 root=/dev/nonexistent",
-        ]
-        guard let process = try? ChildProcess(qemu, args) else { return (false, "cannot start \(qemu)") }
+        guard let process = try? ChildProcess(qemu, probeArguments(kernel: kernel)) else { return (false, "cannot start \(qemu)") }
         let output = OutputCollector()
         let readers = Task {
             async let out: Void = output.drain(process.stdout!.queue)
@@ -95,6 +90,51 @@ public enum Accelerator {
         // QEMU's assertion messages carry long source paths; the end says what failed.
         if last.count > 90 { last = "…" + last.suffix(90) }
         return (false, finished == nil ? "probe VM hung for 15 s" : "probe VM failed: \(last)")
+    }
+
+    /// Whether KVM runs a kernel here, for callers that cannot wait
+    /// asynchronously (checks before anything starts): the cached probe
+    /// result, else a probe run now (blocking, at most 15 s) and cached.
+    package static func kvmWorksBlocking(probeKernel: String, qemu: String = "qemu-system-x86_64") -> (Bool, String) {
+        if let cached = try? String(contentsOf: cacheFile(), encoding: .utf8) {
+            let parts = cached.split(separator: " ", maxSplits: 2).map(String.init)
+            if parts.count == 3, parts[0] == bootID() { return (parts[1] == "kvm", parts[2]) }
+        }
+        guard let qemuPath = ChildProcess.resolve(qemu) else { return (false, "\(qemu) is not installed to probe KVM with") }
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("vouch-kvm-probe-\(getpid()).log")
+        defer { try? FileManager.default.removeItem(at: log) }
+        guard FileManager.default.createFile(atPath: log.path, contents: nil), let sink = try? FileHandle(forWritingTo: log) else {
+            return (false, "cannot write \(log.path)")
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: qemuPath)
+        process.arguments = probeArguments(kernel: probeKernel)
+        process.standardOutput = sink
+        process.standardError = sink
+        process.standardInput = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return (false, "cannot start \(qemuPath)") }
+        let deadline = Deadline(seconds: 15)
+        while process.isRunning, !deadline.hasPassed { usleep(20_000) }
+        let hung = process.isRunning
+        if hung { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        try? sink.close()
+        let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+        let works = text.contains("Kernel panic") || text.contains("VFS:")
+        var detail = works ? "a kernel booted to its first panic" : (text.split(separator: "\n").last.map(String.init) ?? "no output")
+        if !works, detail.count > 90 { detail = "…" + detail.suffix(90) }
+        if !works, hung { detail = "probe VM hung for 15 s" }
+        try? FileManager.default.createDirectory(at: cacheFile().deletingLastPathComponent(), withIntermediateDirectories: true)
+        try? "\(bootID()) \(works ? "kvm" : "tcg") \(detail)".write(to: cacheFile(), atomically: true, encoding: .utf8)
+        return (works, detail)
+    }
+
+    private static func probeArguments(kernel: String) -> [String] {
+        [
+            "-accel", "kvm", "-M", "microvm", "-cpu", "host", "-m", "128", "-nodefaults", "-no-user-config",
+            "-display", "none", "-serial", "stdio", "-no-reboot", "-kernel", kernel,
+            "-append", "console=ttyS0 panic=-1 root=/dev/nonexistent",
+        ]
     }
 
     private static func cacheFile() -> URL {

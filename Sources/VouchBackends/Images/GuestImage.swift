@@ -23,6 +23,9 @@ public struct GuestImage: Sendable {
     public var readyUnit: String?
     /// Kernel parameter the image reads its hostname from.
     public var hostnameParameter: String
+    /// Whether the image serves its backdoor on vsock too (`vouch.vsock=PORT`),
+    /// as the firecracker and cloud-hypervisor backends need.
+    public var vsockBackdoor: Bool
 
     /// Loads the image in `directory`.
     /// - Throws: `VouchError.missingImage` naming the file that is missing or malformed.
@@ -55,6 +58,7 @@ public struct GuestImage: Sendable {
         self.cmdline = manifest["cmdline"]?.stringValue ?? "console=ttyS0"
         self.readyUnit = manifest["readyUnit"]?.stringValue
         self.hostnameParameter = manifest["hostnameParam"]?.stringValue ?? "vouch.hostname"
+        self.vsockBackdoor = manifest["vsockBackdoor"]?.boolValue ?? false
     }
 
     /// The built-in images, by name.

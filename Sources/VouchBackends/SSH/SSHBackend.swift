@@ -167,14 +167,14 @@ final class SSHBackend: Backend, PowerControl, PortForwarding, FileTransfer {
     var guestSharedDirectory: String { remoteDirectory + "/shared" }
 
     /// Copies the staged item to the host with tar through the master.
-    func pushShared(_ item: String) async throws(VouchError) {
+    func pushShared(_ item: String, shell: GuestShell) async throws(VouchError) {
         let remote = "tar -C \(shellQuote(guestSharedDirectory)) -xf -"
         try await pipe("tar -C \(shellQuote(context.sharedDirectory)) -cf - \(shellQuote(item)) | "
                        + (["ssh"] + commandLine.run(remote)).map(shellQuote).joined(separator: " "), what: "copy \(item) to")
     }
 
     /// Copies the item back with tar through the master, and removes it remotely.
-    func pullShared(_ item: String) async throws(VouchError) {
+    func pullShared(_ item: String, shell: GuestShell) async throws(VouchError) {
         let dir = shellQuote(guestSharedDirectory), name = shellQuote(item)
         let remote = "tar -C \(dir) -cf - \(name) && rm -rf \(dir)/\(name)"
         try await pipe((["ssh"] + commandLine.run(remote)).map(shellQuote).joined(separator: " ")

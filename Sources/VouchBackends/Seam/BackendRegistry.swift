@@ -9,6 +9,7 @@ package enum BackendRegistry {
         QEMUProvider(),
         NspawnProvider(),
         SSHProvider(),
+        FirecrackerProvider(),
     ]
 
     /// The registered names.

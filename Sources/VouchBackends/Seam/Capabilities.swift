@@ -36,11 +36,16 @@ package protocol PowerControl: Backend {
     /// Throws if this machine's setup forbids `operation` (an existing host
     /// without permission), before `Machine` touches anything.
     func permit(_ operation: PowerOperation) throws(VouchError)
+
+    /// The guest command that powers the machine off and ends its process.
+    var powerOffCommand: String { get }
 }
 
 extension PowerControl {
     /// Permitted by default.
     package func permit(_ operation: PowerOperation) throws(VouchError) {}
+    /// `poweroff`, except where the VMM ends on a reboot instead.
+    package var powerOffCommand: String { "poweroff" }
 }
 
 /// The machine can be stopped abruptly, like pulling the power cord.
@@ -109,23 +114,25 @@ package protocol MonitorAccess: Backend {
 }
 
 /// Files can be copied between the host and the guest through the run's
-/// shared directory (live for VMs and containers, copied for remote hosts).
+/// shared directory (live for VMs and containers, copied for remote hosts
+/// and for VMs without a shared file system).
 package protocol FileTransfer: Backend {
     /// Where the guest sees the host's shared directory.
     var guestSharedDirectory: String { get }
-    /// Makes `item` (a name inside the shared directory) visible to the guest.
-    func pushShared(_ item: String) async throws(VouchError)
+    /// Makes `item` (a name inside the shared directory) visible to the
+    /// guest; `shell` is the machine's backdoor shell, for backends that copy through it.
+    func pushShared(_ item: String, shell: GuestShell) async throws(VouchError)
     /// Brings `item` back from the guest into the host's shared directory.
-    func pullShared(_ item: String) async throws(VouchError)
+    func pullShared(_ item: String, shell: GuestShell) async throws(VouchError)
 }
 
 extension FileTransfer {
     /// VMs mount the share and containers bind-mount it here.
     package var guestSharedDirectory: String { "/tmp/shared" }
     /// A live share: nothing to copy.
-    package func pushShared(_ item: String) async throws(VouchError) {}
+    package func pushShared(_ item: String, shell: GuestShell) async throws(VouchError) {}
     /// A live share: nothing to copy.
-    package func pullShared(_ item: String) async throws(VouchError) {}
+    package func pullShared(_ item: String, shell: GuestShell) async throws(VouchError) {}
 }
 
 /// The running guest can be saved and brought back later, any number of times.
