@@ -54,6 +54,10 @@ class Machine:
                   "-device", "virtio-rng-device,rng=rng0"]
         if self.bridge:
             a += self.bridge.qemu_args()
+        if not (self.drives or self.nets or self.bridge or self.entropy is not None):
+            # Seen here: microvm + this kernel hangs silently with no virtio
+            # device at all; an idle virtio-serial bus (no ports) avoids it.
+            a += ["-device", "virtio-serial-device"]
         if incoming:
             a += ["-incoming", "defer", "-S"]
         return a
