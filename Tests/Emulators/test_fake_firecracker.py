@@ -103,7 +103,8 @@ class Emulator:
             if text in self.console():
                 return True
             time.sleep(0.2)
-        raise AssertionError("%r not on console after %ds:\n%s" % (text, timeout, self.console()[-2000:]))
+        raise AssertionError("%r not on console after %ds:\n%s\n--- stderr:\n%s"
+                             % (text, timeout, self.console()[-2000:], self.stderr()[-1500:]))
 
     def stop(self):
         if self.proc.poll() is None:
