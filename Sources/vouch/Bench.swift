@@ -32,7 +32,7 @@ struct Bench: AsyncParsableCommand {
     @Flag(help: "Measure Swift script compile time and the Python bridge's per-call cost, instead.")
     var scripts = false
 
-    @Option(help: "Compare backends instead (comma-separated: qemu,nspawn,ssh): boot to first command and round trips.")
+    @Option(help: "Compare backends instead (comma-separated: qemu,nspawn,ssh,firecracker): boot to first command, round trips and snapshot restores.")
     var backends: String?
 
     @Flag(help: "Measure cold boot against snapshot restore (restore → first command) instead.")
@@ -163,6 +163,8 @@ struct Bench: AsyncParsableCommand {
         var vouch: [Double] = []
         var plain: [Double] = []
         var twoStep: [Double] = []
+        /// Snapshot restores (empty where the backend has no snapshots).
+        var restores: [Double] = []
     }
 }
 

@@ -11,16 +11,17 @@ extension Bench {
     func runBackends(_ list: String) async throws {
         var rows: [[String]] = []
         for backend in list.split(separator: ",").map(String.init) {
-            let result = try await measure(backend)
-            rows.append([backend, String(format: "%.2f s", result.boot),
-                         ms(percentile(result.vouch, 0.5)), ms(percentile(result.vouch, 0.99))])
+            let (result, runsOn) = try await measure(backend)
+            rows.append([backend, runsOn, String(format: "%.2f s", result.boot),
+                         ms(percentile(result.vouch, 0.5)), ms(percentile(result.vouch, 0.99)),
+                         result.restores.isEmpty ? "-" : ms(percentile(result.restores, 0.5))])
         }
-        print(table([["backend", "boot→1st cmd", "round trip p50", "round trip p99"]] + rows))
+        print(table([["backend", "runs on", "boot→1st cmd", "round trip p50", "round trip p99", "restore p50"]] + rows))
         print("systemd image; \(calls) round trips of execute(\"true\") each; accelerator (qemu): "
               + (Accelerator.lastResolved?.rawValue.uppercased() ?? "-"))
     }
 
-    private func measure(_ backend: String) async throws -> Results {
+    private func measure(_ backend: String) async throws -> (Results, String) {
         let out = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vouch-bench-\(getpid())")
         defer { try? FileManager.default.removeItem(at: out) }
         let plan: BenchmarkPlan
@@ -48,11 +49,15 @@ extension Bench {
             result.boot = (ContinuousClock.now - began).seconds
             for _ in 0..<10 { try await m.succeed("true") }
             result.vouch = try await timed(calls) { try await m.execute("true") }
+            do {
+                try await m.snapshot("bench")
+                result.restores = try await timed(3) { try await m.restore("bench") }
+            } catch let error as VouchError where error.kind == .unsupported {}
         }
         guard outcome == .passed else {
             writeStderr("bench: \(backend) failed: \(outcome)\n")
             throw ExitCode(1)
         }
-        return result
+        return (result, plan.runsOn)
     }
 }

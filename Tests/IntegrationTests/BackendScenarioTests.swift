@@ -15,6 +15,8 @@ struct ScenarioTraits {
     var powerControl = true
     /// Also reboot and check the shell comes back.
     var reboot = false
+    /// Also snapshot and restore.
+    var snapshots = false
 }
 
 /// One Machine-API scenario, run unchanged against every backend: boot,
@@ -63,6 +65,17 @@ func machineScenario(_ m: Machine, _ traits: ScenarioTraits) async throws {
     #expect(sha256(Array(data)) == outSum.trimmingCharacters(in: .whitespacesAndNewlines))
     try await m.succeed("rm -rf \(guestDir)")
 
+    if traits.snapshots {
+        try await m.succeed("echo before > /root/snapshot-marker; sleep 1000 >/dev/null 2>&1 &")
+        try await m.snapshot("scenario")
+        try await m.succeed("echo after > /root/snapshot-marker; pkill -x sleep")
+        try await m.restore("scenario")
+        #expect(try await m.succeed("cat /root/snapshot-marker") == "before\n")
+        try await m.succeed("pgrep -x sleep")
+        try await m.restore("scenario")
+        #expect(try await m.succeed("cat /root/snapshot-marker") == "before\n")
+    }
+
     if traits.reboot {
         try await m.succeed("touch /run/before-reboot")
         try await m.reboot()
@@ -85,9 +98,32 @@ func machineScenario(_ m: Machine, _ traits: ScenarioTraits) async throws {
 struct BackendScenarioTests {
     @Test func scenarioOnQEMU() async throws {
         let run = try await RealRun.run([guest("vm", image: "systemd")]) { d in
-            try await machineScenario(try d.machine("vm"), ScenarioTraits())
+            try await machineScenario(try d.machine("vm"), ScenarioTraits(snapshots: true))
         }
         #expect(run.outcome == .passed)
+    }
+
+    /// Firecracker, here against Vouch's emulator (the guest under QEMU TCG).
+    @Test func scenarioOnFirecrackerEmulator() async throws {
+        try await firecrackerScenario(binary: MicroVMBinaries.fakeFirecracker)
+    }
+
+    @Test(.enabled(if: MicroVMBinaries.realFirecracker != nil, "no firecracker binary with working KVM (set VOUCH_REAL_FIRECRACKER)"))
+    func scenarioOnRealFirecracker() async throws {
+        try await firecrackerScenario(binary: MicroVMBinaries.realFirecracker ?? "firecracker")
+    }
+
+    private func firecrackerScenario(binary: String) async throws {
+        let before = MicroVMBinaries.emulatedGuests()
+        let run = try await RealRun.run([microVM("fc", image: "systemd", binary: binary)]) { d in
+            let fc = try d.machine("fc")
+            try await fc.start()
+            let reboot = await #expect(throws: VouchError.self) { try await fc.reboot() }
+            #expect(reboot?.kind == .unsupported && reboot?.message.contains("firecracker ends the microVM") == true)
+            try await machineScenario(fc, ScenarioTraits(snapshots: true))
+        }
+        #expect(run.outcome == .passed)
+        #expect(MicroVMBinaries.emulatedGuests().subtracting(before).isEmpty, "the emulator left QEMU running")
     }
 
     @Test func scenarioOnNspawn() async throws {

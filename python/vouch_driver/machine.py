@@ -339,7 +339,12 @@ class RemoteMachine(BaseMachine):
         return self._call("forward_port", host_port=None if host_port is None else int(host_port), guest_port=int(guest_port))
 
 
-_CLASSES = {"qemu": QemuMachine, "nspawn": NspawnMachine, "ssh": RemoteMachine}
+class MicroVMMachine(_VMMachine):
+    """A firecracker or cloud-hypervisor microVM (Vouch's own; no QEMU monitor)."""
+
+
+_CLASSES = {"qemu": QemuMachine, "nspawn": NspawnMachine, "ssh": RemoteMachine,
+            "firecracker": MicroVMMachine, "cloud-hypervisor": MicroVMMachine}
 
 
 def make_machine(info, callbacks, out_dir):

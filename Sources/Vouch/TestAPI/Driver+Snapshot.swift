@@ -44,14 +44,14 @@ extension Driver {
             let loaded = results.compactMap { try? $0.get() }
             for r in results {
                 if case .failure(let error) = r {
-                    for l in loaded { l.channel.close() }
+                    for l in loaded { l.channel?.close() }
                     throw error
                 }
             }
             do throws(VouchError) {
                 _ = try await eachSession(loaded) { l throws(VouchError) in try await l.backend.resume() }
             } catch {
-                for l in loaded { l.channel.close() }
+                for l in loaded { l.channel?.close() }
                 throw error
             }
             _ = try await eachSession(loaded) { l throws(VouchError) in try await l.machine.finishRestore(l) }

@@ -29,7 +29,7 @@ extension Machine {
         do throws(VouchError) {
             let restored = try await beginRestore(from: directory)
             do { try await restored.backend.resume() } catch {
-                restored.channel.close()
+                restored.channel?.close()
                 throw error
             }
             try await finishRestore(restored)

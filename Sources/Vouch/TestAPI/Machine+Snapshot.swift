@@ -15,7 +15,8 @@ struct SnapshotSession: Sendable {
 struct RestoredMachine: Sendable {
     let machine: Machine
     let backend: any Snapshotting
-    let channel: GuestChannel
+    /// Nil when the backend opens a new shell after the resume.
+    let channel: GuestChannel?
     let directory: String
 }
 
@@ -51,7 +52,7 @@ extension Machine {
         let began = ContinuousClock.now
         let restored = try await beginRestore(from: try snapshotDirectory(name))
         do { try await restored.backend.resume() } catch {
-            restored.channel.close()
+            restored.channel?.close()
             throw error
         }
         try await finishRestore(restored)
@@ -113,14 +114,29 @@ extension Machine {
     /// Reattaches the shell to the resumed guest, sets its clock (it stopped
     /// at snapshot time) and undoes what the snapshot's preparation took down.
     func finishRestore(_ restored: RestoredMachine) async throws(VouchError) {
-        let shell = GuestShell(machine: name, channel: restored.channel)
         let wait = min(bootTimeout, 60)
-        do {
-            try await shell.resume(until: Deadline(seconds: wait))
-        } catch where error.kind == .timeout {
-            restored.channel.close()
-            throw VouchError(.bootFailed, "the restored guest's shell did not answer within \(formatSeconds(wait))",
-                             machine: name, outputTail: console.tail(lines: 20))
+        let shell: GuestShell
+        if let channel = restored.channel {
+            shell = GuestShell(machine: name, channel: channel)
+            do {
+                try await shell.resume(until: Deadline(seconds: wait))
+            } catch where error.kind == .timeout {
+                channel.close()
+                throw VouchError(.bootFailed, "the restored guest's shell did not answer within \(formatSeconds(wait))",
+                                 machine: name, outputTail: console.tail(lines: 20))
+            }
+        } else {
+            // The restore reset the shell's connection; the shell itself runs on.
+            let deadline = Deadline(seconds: wait)
+            let channel = try await restored.backend.shellAfterRestore(until: deadline)
+            shell = GuestShell(machine: name, channel: channel)
+            do {
+                try await shell.resume(until: deadline)
+            } catch where error.kind == .timeout {
+                channel.close()
+                throw VouchError(.bootFailed, "the restored guest's shell did not answer within \(formatSeconds(wait))",
+                                 machine: name, outputTail: console.tail(lines: 20))
+            }
         }
         self.shell = shell
         booted = true

@@ -30,7 +30,7 @@ final class FirecrackerBackend: Backend, PowerControl, Crashable, LinkControl, P
     }
 
     let state = Mutex(State())
-    private let stderrText = OutputCollector()
+    let stderrText = OutputCollector()
 
     init(context: MachineContext, binary: VMMBinary, guest: MicroVMGuest, memoryMiB: Int, cpus: Int, bootTimeout: Double) {
         self.context = context
@@ -42,7 +42,8 @@ final class FirecrackerBackend: Backend, PowerControl, Crashable, LinkControl, P
     }
 
     var apiSocket: String { context.stateDirectory + "/firecracker.sock" }
-    var vsockSocket: String { context.stateDirectory + "/vsock.sock" }
+    static let vsockName = "vsock.sock"
+    var vsockSocket: String { context.stateDirectory + "/" + Self.vsockName }
     var api: UnixHTTPClient { UnixHTTPClient(socketPath: apiSocket, machine: context.name, peer: "firecracker") }
     var exitStatus: ExitStatus? { state.withLock { $0.process?.exitStatus } }
 
@@ -80,7 +81,7 @@ final class FirecrackerBackend: Backend, PowerControl, Crashable, LinkControl, P
         return channel
     }
 
-    private func spawn() throws(VouchError) -> ChildProcess {
+    func spawn() throws(VouchError) -> ChildProcess {
         let name = context.name
         try? FileManager.default.removeItem(atPath: apiSocket)
         try? FileManager.default.removeItem(atPath: vsockSocket)
@@ -109,7 +110,7 @@ final class FirecrackerBackend: Backend, PowerControl, Crashable, LinkControl, P
     }
 
     /// Firecracker creates its API socket once it is ready for requests.
-    private func waitForAPISocket(_ process: ChildProcess) async throws(VouchError) {
+    func waitForAPISocket(_ process: ChildProcess) async throws(VouchError) {
         let ready = Deadline(seconds: 10)
         while (try? UnixSocket.connect(path: apiSocket)).map({ close($0) }) == nil {
             if let status = process.exitStatus {
@@ -134,8 +135,12 @@ final class FirecrackerBackend: Backend, PowerControl, Crashable, LinkControl, P
         if let initrd = guest.initrd { boot["initrd_path"] = .string(initrd) }
         try await api.call("PUT", "/boot-source", body: .object(boot))
         if let disk {
+            // Relative to firecracker's working directory (the state
+            // directory): a snapshot records the paths, and must load in
+            // another run's state directory too.
             try await api.call("PUT", "/drives/rootfs", body: [
-                "drive_id": "rootfs", "path_on_host": .string(disk), "is_root_device": true, "is_read_only": false,
+                "drive_id": "rootfs", "path_on_host": .string((disk as NSString).lastPathComponent), "is_root_device": true,
+                "is_read_only": false,
             ])
         }
         for (i, attachment) in (context.network?.attachments ?? []).enumerated() {
@@ -147,7 +152,7 @@ final class FirecrackerBackend: Backend, PowerControl, Crashable, LinkControl, P
                 "iface_id": .string("eth\(i)"), "host_dev_name": .string(tap), "guest_mac": .string(attachment.nic.mac),
             ])
         }
-        try await api.call("PUT", "/vsock", body: ["guest_cid": 3, "uds_path": .string(vsockSocket)])
+        try await api.call("PUT", "/vsock", body: ["guest_cid": 3, "uds_path": .string(Self.vsockName)])
     }
 
     func waitForExit() async throws(VouchError) -> ExitStatus {
@@ -239,8 +244,9 @@ final class FirecrackerBackend: Backend, PowerControl, Crashable, LinkControl, P
     }
 
     /// Asks the guest to stop (Ctrl-Alt-Del) for a second, then ends the
-    /// process: about 3 s at most, frozen VMM included.
-    func endProcess() async {
+    /// process: about 3 s at most, frozen VMM included. `discard`: the
+    /// guest's state is thrown away (a restore replaces it), so it is killed.
+    func endProcess(discard: Bool = false) async {
         let (process, channel, pumps, forwarders) = state.withLock { s in
             defer {
                 s.forwarders.removeAll()
@@ -250,7 +256,7 @@ final class FirecrackerBackend: Backend, PowerControl, Crashable, LinkControl, P
         }
         for forwarder in forwarders { await forwarder.stop() }
         if let process, process.exitStatus == nil {
-            if process.stateNote(as: "firecracker") != nil {
+            if discard || process.stateNote(as: "firecracker") != nil {
                 await process.kill()
             } else {
                 _ = try? await api.call("PUT", "/actions", body: ["action_type": "SendCtrlAltDel"], timeout: 1)

@@ -97,6 +97,10 @@ package struct FirecrackerProvider: BackendProvider {
     package func benchmarkPlan(image: String, workDirectory: String) throws(VouchError) -> BenchmarkPlan {
         var machine = MachineSpec(name: "bench", firecracker: FirecrackerSettings(image: image))
         machine.vlans = []
-        return BenchmarkPlan(machines: [machine], measured: "bench")
+        let kernel = (try? GuestImage.resolve(image))?.kernel.path ?? ""
+        let binary = try VMMBinary.locate(program: "firecracker", expectedName: "Firecracker", configured: nil,
+                                          environment: "VOUCH_FIRECRACKER", probeKernel: kernel, machine: "bench")
+        return BenchmarkPlan(machines: [machine], measured: "bench",
+                             runsOn: binary.needsKVM ? "\(binary.version), KVM" : "EMULATED (Vouch's emulator, guest under QEMU TCG)")
     }
 }

@@ -139,6 +139,6 @@ package struct NspawnProvider: BackendProvider {
         settings.image = image
         var machine = MachineSpec(name: "bench", nspawn: settings)
         machine.vlans = []
-        return BenchmarkPlan(machines: [machine], measured: "bench")
+        return BenchmarkPlan(machines: [machine], measured: "bench", runsOn: "systemd-nspawn")
     }
 }

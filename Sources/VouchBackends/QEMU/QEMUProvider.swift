@@ -156,6 +156,6 @@ package struct QEMUProvider: BackendProvider {
     package func benchmarkPlan(image: String, workDirectory: String) throws(VouchError) -> BenchmarkPlan {
         var machine = MachineSpec(name: "bench", qemu: QEMUSettings(image: image))
         machine.vlans = []
-        return BenchmarkPlan(machines: [machine], measured: "bench")
+        return BenchmarkPlan(machines: [machine], measured: "bench", runsOn: "QEMU (KVM where it works, else TCG)")
     }
 }

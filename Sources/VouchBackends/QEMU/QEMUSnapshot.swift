@@ -150,7 +150,7 @@ extension QEMUBackend: Snapshotting {
         }
     }
 
-    func restoreSnapshot(from directory: String) async throws(VouchError) -> GuestChannel {
+    func restoreSnapshot(from directory: String) async throws(VouchError) -> GuestChannel? {
         guard case .direct = config.boot else {
             throw VouchError(.unsupported, "snapshots need a machine booted by Vouch (not a start script)", machine: context.name)
         }
@@ -205,7 +205,7 @@ extension QEMUBackend: Snapshotting {
             .map { $0.replacingOccurrences(of: runDirectory, with: "$RUN") }
         var lines = ["format \(QEMUSnapshotFiles.formatVersion)", "qemu \(await Self.qemuVersion(config.qemuBinary))"]
         if accel == .kvm { lines.append("host-cpu \(Self.hostCPUModel)") }
-        for file in [kernel, initrd, rootDisk].compactMap({ $0 }) { lines.append("file " + Self.identity(of: file)) }
+        for file in [kernel, initrd, rootDisk].compactMap({ $0 }) { lines.append("file " + SnapshotFacts.identity(of: file)) }
         lines += args.map { "arg " + $0 }
         return lines.joined(separator: "\n")
     }
@@ -262,12 +262,6 @@ extension QEMUBackend: Snapshotting {
             }
         }
         return nil
-    }
-
-    private static func identity(of file: String) -> String {
-        var st = stat()
-        guard stat(file, &st) == 0 else { return "\(file) missing" }
-        return "\(file) size=\(st.st_size) mtime=\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec) inode=\(st.st_ino)"
     }
 
     private static let hostCPUModel: String = {

@@ -135,7 +135,7 @@ package struct SSHProvider: BackendProvider {
                 .succeed(machine: "sshd", command: "mkdir -p -m 700 /root/.ssh && echo \(shellQuote(publicKey)) > /root/.ssh/authorized_keys"),
                 .waitForUnit(machine: "sshd", unit: "ssh.service"),
                 .forwardPort(machine: "sshd", host: port, guest: 22),
-            ])
+            ], runsOn: "ssh into an nspawn container's sshd")
     }
 
     private func runSync(_ path: String, _ args: [String]) throws(VouchError) -> (Int32, String) {

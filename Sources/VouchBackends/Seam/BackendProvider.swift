@@ -77,11 +77,15 @@ package struct BenchmarkPlan: Sendable {
     package var machines: [MachineSpec]
     package var measured: String
     package var steps: [Step] = []
+    /// What the measured machine really runs on, for the table (a VMM's
+    /// version, and whether it is Vouch's emulator).
+    package var runsOn: String
 
-    package init(machines: [MachineSpec], measured: String, steps: [Step] = []) {
+    package init(machines: [MachineSpec], measured: String, steps: [Step] = [], runsOn: String = "") {
         self.machines = machines
         self.measured = measured
         self.steps = steps
+        self.runsOn = runsOn
     }
 }
 

@@ -160,10 +160,19 @@ package protocol Snapshotting: Backend {
     func saveSnapshot(to directory: String) async throws(VouchError)
 
     /// Replaces the running guest with the one saved in `directory`, paused,
-    /// and returns the channel to its (still running) backdoor shell.
+    /// and returns the channel to its (still running) backdoor shell, or nil
+    /// where the restore ends the shell's connection (vsock connections are
+    /// reset): `shellAfterRestore` then connects to that shell again once
+    /// the guest runs.
     /// - Throws: `.bootFailed` with the reason when the snapshot cannot be
     ///   loaded; the machine is then down.
-    func restoreSnapshot(from directory: String) async throws(VouchError) -> GuestChannel
+    func restoreSnapshot(from directory: String) async throws(VouchError) -> GuestChannel?
+
+    /// A new connection to the backdoor shell of the restored, resumed
+    /// guest (the same shell, framing installed), for backends whose
+    /// `restoreSnapshot` returned nil.
+    /// - Throws: `.bootFailed` when the guest's listener does not answer.
+    func shellAfterRestore(until deadline: Deadline) async throws(VouchError) -> GuestChannel
 
     /// Guest commands that undo `prepareSnapshot` once the guest runs again,
     /// after a save (`directory` nil) or a restore from `directory`. `Machine`
@@ -176,4 +185,11 @@ package protocol Snapshotting: Backend {
     /// without per-run paths. Equal keys mean a snapshot can be reused.
     /// - Throws: `.unsupported` where snapshots cannot be reused.
     func snapshotKey() async throws(VouchError) -> String
+}
+
+extension Snapshotting {
+    /// Only backends whose restore returns no channel are asked.
+    package func shellAfterRestore(until deadline: Deadline) async throws(VouchError) -> GuestChannel {
+        throw VouchError(.bootFailed, "the \(kind) backend keeps its shell across a restore")
+    }
 }

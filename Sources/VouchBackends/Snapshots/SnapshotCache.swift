@@ -209,3 +209,14 @@ package func makePrivateDirectory(in parent: String, prefix: String = "snap-") t
     }
     return String(cString: made)
 }
+
+/// Facts about the host that go into snapshot keys.
+enum SnapshotFacts {
+    /// A file's path, size, modification time and inode: a rebuilt image
+    /// is a different file, so a snapshot of the old one is not reused.
+    static func identity(of file: String) -> String {
+        var st = stat()
+        guard stat(file, &st) == 0 else { return "\(file) missing" }
+        return "\(file) size=\(st.st_size) mtime=\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec) inode=\(st.st_ino)"
+    }
+}

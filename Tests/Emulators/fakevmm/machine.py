@@ -16,6 +16,23 @@ from .vsock import Bridge
 QEMU = os.environ.get("FAKE_VMM_QEMU", "qemu-system-x86_64")
 
 
+def tsc_hint(cmdline):
+    """Firecracker's guests read the TSC frequency from CPUID; a TCG guest
+    calibrates it against the PIT instead, which on a loaded host can stall
+    its boot for minutes. Passing the host's rate (TCG's TSC runs at it)
+    stands in for the CPUID leaf."""
+    if "tsc_early_khz=" in cmdline:
+        return cmdline
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return cmdline + " tsc_early_khz=%d" % int(float(line.split(":")[1]) * 1000)
+    except (OSError, ValueError):
+        pass
+    return cmdline
+
+
 class Machine:
     def __init__(self, machine_cfg, drives, nets, vsock, entropy, vsock_ports, vsock_fault, on_exit):
         self.cfg, self.drives, self.nets = machine_cfg, drives, nets
@@ -79,14 +96,18 @@ class Machine:
         return on_event
 
     def boot(self, kernel, initrd, cmdline):
-        self._launch(self.argv(kernel, initrd, cmdline))
+        self._launch(self.argv(kernel, initrd, tsc_hint(cmdline)))
 
     def restore(self, mem_file, resume):
         # The kernel is inside the migration stream; QEMU only needs the same
         # devices, then the stream.
         self._launch(self.argv(incoming=True))
+        if self.bridge:
+            self.bridge.before_restore()
         self.qmp.execute("migrate-incoming", {"uri": "exec:cat %s" % shlex.quote(mem_file)})
         qemu.wait_migration(self.qmp)
+        if self.bridge:
+            self.bridge.after_restore()
         self.paused = True
         if resume:
             self.set_paused(False)

@@ -27,6 +27,9 @@ class Bridge:
         self.port_of_id = {"vsport%d" % p: p for p in ports}
         self.open = set()   # ports whose guest end is open
         self.busy = set()   # ports with a host connection relaying
+        # Ports still held by a session from before a restore: port -> whether
+        # the event for the restored (stale) open state has been seen.
+        self.stale = {}
         self.lock = threading.Lock()
         self.next_local = 1 << 30  # host-side ports: [1<<30, 1<<31), round robin
         self.sock = None
@@ -46,12 +49,48 @@ class Bridge:
         port = self.port_of_id.get(data.get("id"))
         if port is not None:
             with self.lock:
-                (self.open.add if data.get("open") else self.open.discard)(port)
+                if port in self.stale:
+                    # Until the guest drops its pre-restore session, the port
+                    # does not count as a listener. QEMU reports the restored
+                    # open state once on load, then throttles this event to
+                    # one a second keeping the last state, so a close and
+                    # reopen may arrive as one more "open".
+                    if not data.get("open"):
+                        self.stale[port] = True
+                    elif not self.stale[port]:
+                        self.stale[port] = True
+                    else:
+                        del self.stale[port]
+                        self.open.add(port)
+                else:
+                    (self.open.add if data.get("open") else self.open.discard)(port)
             log("vsock: guest", "opened" if data.get("open") else "closed", "port", port)
 
     def guest_reset(self):
         with self.lock:
             self.open.clear()
+
+    def before_restore(self):
+        with self.lock:
+            self.open.clear()
+            self.stale = {p: False for p in self.chardev}
+
+    def after_restore(self):
+        """Firecracker resets the guest's vsock connections when it loads a
+        snapshot (docs/snapshotting/snapshot-support.md, vsock): the restored
+        guest must see its old streams end. Here the old stream is the
+        virtserialport session the snapshot was taken in: connecting and
+        closing each chardev tells the guest the host side went away, and the
+        port is a listener again only once the guest has closed it and
+        opened it afresh (VSERPORT_CHANGE)."""
+        for path in self.chardev.values():
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(path)
+            except OSError as e:
+                log("vsock: cannot reset", path, e)
+            finally:
+                s.close()
 
     def listen(self):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -2,18 +2,22 @@
  * vsockd PORT SCRIPT: the backdoor on a vsock port, for VMMs without a
  * virtio console (firecracker; cloud-hypervisor can use either).
  *
- * Each host connection gets its own root shell: SCRIPT runs in a new
- * session on a fresh pty (so ^C from the host interrupts a command, as on
- * hvc0), with the pty's path as $1, and prints the banner itself. vsockd
- * relays bytes between the connection and the pty master until either
- * side ends; the other side is then closed (the shell gets SIGHUP).
+ * One root shell, kept across connections: SCRIPT runs in a new session
+ * on a pty (so ^C from the host interrupts a command, as on hvc0), with
+ * the pty's path as $1, and prints the banner itself. vsockd relays bytes
+ * between the current connection and the pty master. When the connection
+ * ends the shell stays, with everything it started, and the next
+ * connection gets it back (a VMM resets vsock connections when it restores
+ * a snapshot: the restored guest's processes must go on, as on QEMU). A
+ * new connection replaces the current one; when the shell exits, the
+ * connection is closed and the next one gets a new shell (and banner).
  *
  * Where there is no vsock (Vouch's VMM emulators run under QEMU on hosts
  * without vhost-vsock), the emulator gives the guest a virtio-serial port
  * named org.vouch.vsock.PORT instead. Holding that port open is what
  * "listening" means to the emulator; a session starts when the host side
  * connects (poll stops reporting POLLHUP) and ends when it disconnects
- * (read returns 0).
+ * (read returns 0), and the port is closed and opened again after it.
  *
  * Static, no dependencies: it runs in the busybox initramfs guest too.
  */
@@ -89,17 +93,48 @@ static int spawn_shell(pid_t *pid)
     return master;
 }
 
-/* Moves bytes between conn (read from in, written to out) and the pty
- * master until one side ends. Non-blocking, one buffer per direction, so
- * a shell that is busy writing never blocks the host's input. */
-static void relay(int in, int out, int master)
+static int master = -1;
+static pid_t shell_pid = -1;
+
+/* The shell's pty master, starting the shell if there is none. */
+static int ensure_shell(void)
 {
-    char up[65536], down[65536]; /* up: to the host; down: to the shell */
+    if (master >= 0 && waitpid(shell_pid, NULL, WNOHANG) == shell_pid) {
+        close(master);
+        master = -1;
+    }
+    if (master < 0) {
+        master = spawn_shell(&shell_pid);
+        if (master < 0)
+            say("cannot start a shell: %s", strerror(errno));
+        else
+            fcntl(master, F_SETFL, fcntl(master, F_GETFL) | O_NONBLOCK);
+    }
+    return master;
+}
+
+/* The shell ended: reap it, so the next connection gets a new one. */
+static void shell_gone(void)
+{
+    close(master);
+    master = -1;
+    kill(-shell_pid, SIGKILL);
+    waitpid(shell_pid, NULL, 0);
+}
+
+enum ended { HOST_LEFT, SHELL_LEFT, REPLACED };
+
+/* Moves bytes between conn (read from in, written to out) and the pty
+ * master until the host or the shell goes, or (listener >= 0) another
+ * connection arrives. Non-blocking, one buffer per direction, so a shell
+ * that is busy writing never blocks the host's input. */
+static enum ended relay(int in, int out, int listener)
+{
+    static char up[65536], down[65536]; /* up: to the host; down: to the shell */
     size_t uplen = 0, upoff = 0, downlen = 0, downoff = 0;
-    fcntl(master, F_SETFL, fcntl(master, F_GETFL) | O_NONBLOCK);
     for (;;) {
-        struct pollfd p[3];
-        int n = 0, iin = -1, iout = -1, im;
+        struct pollfd p[4];
+        int n = 0, iin = -1, iout = -1, im, il = -1;
         if (downlen == downoff) {
             p[n] = (struct pollfd){ .fd = in, .events = POLLIN };
             iin = n++;
@@ -110,71 +145,63 @@ static void relay(int in, int out, int master)
         }
         p[n] = (struct pollfd){ .fd = master, .events = (uplen == upoff ? POLLIN : 0) | (downlen > downoff ? POLLOUT : 0) };
         im = n++;
+        if (listener >= 0) {
+            p[n] = (struct pollfd){ .fd = listener, .events = POLLIN };
+            il = n++;
+        }
         if (poll(p, n, -1) < 0) {
             if (errno == EINTR)
                 continue;
-            return;
+            return HOST_LEFT;
         }
+        if (il >= 0 && (p[il].revents & POLLIN))
+            return REPLACED;
         if (iin >= 0 && p[iin].revents) {
             ssize_t r = read(in, down, sizeof down);
             if (r <= 0)
-                return; /* the host went away */
+                return HOST_LEFT;
             downlen = (size_t)r;
             downoff = 0;
         }
         if (iout >= 0 && (p[iout].revents & (POLLERR | POLLHUP)) && !(p[iout].revents & POLLOUT))
-            return;
+            return HOST_LEFT;
         if (iout >= 0 && (p[iout].revents & POLLOUT)) {
             ssize_t w = write(out, up + upoff, uplen - upoff);
             if (w < 0 && errno != EAGAIN && errno != EINTR)
-                return;
+                return HOST_LEFT;
             if (w > 0)
                 upoff += (size_t)w;
         }
         if (p[im].revents & POLLOUT) {
             ssize_t w = write(master, down + downoff, downlen - downoff);
             if (w < 0 && errno != EAGAIN && errno != EINTR)
-                return;
+                return SHELL_LEFT;
             if (w > 0)
                 downoff += (size_t)w;
         }
         if (p[im].revents & POLLIN) {
             ssize_t r = read(master, up, sizeof up);
-            if (r < 0 && errno != EAGAIN && errno != EINTR)
-                return; /* EIO: the shell exited */
-            if (r == 0)
-                return;
+            if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
+                return SHELL_LEFT; /* EIO: the shell exited */
             if (r > 0) {
                 uplen = (size_t)r;
                 upoff = 0;
             }
         } else if (p[im].revents & (POLLHUP | POLLERR)) {
-            return;
+            return SHELL_LEFT;
         }
     }
 }
 
-/* One host connection: a shell, relayed, then cleaned up. */
-static void session(int in, int out)
+/* One host connection, on the shell (started if need be). */
+static enum ended session(int in, int out, int listener)
 {
-    pid_t pid;
-    int master = spawn_shell(&pid);
-    if (master < 0) {
-        say("cannot start a shell: %s", strerror(errno));
-        return;
-    }
-    relay(in, out, master);
-    close(master);
-    /* Closing the master hung up the shell's session; make sure it ends. */
-    kill(-pid, SIGHUP);
-    for (int i = 0; i < 20; i++) {
-        if (waitpid(pid, NULL, WNOHANG) == pid)
-            return;
-        usleep(50000);
-    }
-    kill(-pid, SIGKILL);
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
+    if (ensure_shell() < 0)
+        return SHELL_LEFT;
+    enum ended how = relay(in, out, listener);
+    if (how == SHELL_LEFT)
+        shell_gone();
+    return how;
 }
 
 /* The /dev node of the virtio-serial port named org.vouch.vsock.PORT. */
@@ -232,25 +259,28 @@ static int has_vsock_device(void)
     return found;
 }
 
+/* The port is opened afresh for each session: the emulator sees the guest
+ * close and reopen it, which tells it the old session is over and the
+ * listener is ready again (after a snapshot restore, say). */
 static void serve_port(const char *dev)
 {
-    int fd = -1;
-    for (int i = 0; fd < 0; i++) {
-        fd = open(dev, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    for (int waited = 0;;) {
+        int fd = open(dev, O_RDWR | O_NOCTTY | O_CLOEXEC);
         if (fd < 0) {
-            if (i == 0)
+            if (!waited++)
                 say("waiting for %s", dev);
             sleep(1);
-        }
-    }
-    for (;;) {
-        struct pollfd p = { .fd = fd, .events = POLLIN };
-        poll(&p, 1, 0);
-        if (p.revents & POLLHUP) { /* no host side yet */
-            usleep(50000);
             continue;
         }
-        session(fd, fd);
+        for (;;) {
+            struct pollfd p = { .fd = fd, .events = POLLIN };
+            poll(&p, 1, 0);
+            if (!(p.revents & POLLHUP))
+                break;
+            usleep(50000); /* no host side yet */
+        }
+        session(fd, fd, -1);
+        close(fd);
     }
 }
 
@@ -268,22 +298,21 @@ static void serve_vsock(unsigned port)
             close(s);
         sleep(1);
     }
-    signal(SIGCHLD, SIG_IGN); /* sessions are reaped by the kernel */
+    int c = -1;
     for (;;) {
-        int c = accept4(s, NULL, NULL, SOCK_CLOEXEC);
         if (c < 0) {
-            if (errno != EINTR)
-                usleep(100000);
-            continue;
+            c = accept4(s, NULL, NULL, SOCK_CLOEXEC);
+            if (c < 0) {
+                if (errno != EINTR)
+                    usleep(100000);
+                continue;
+            }
         }
-        pid_t pid = fork();
-        if (pid == 0) {
-            close(s);
-            signal(SIGCHLD, SIG_DFL); /* session() waits for its shell */
-            session(c, c);
-            _exit(0);
-        }
+        enum ended how = session(c, c, s);
         close(c);
+        c = -1;
+        if (how == REPLACED)
+            c = accept4(s, NULL, NULL, SOCK_CLOEXEC);
     }
 }
 

@@ -1,0 +1,60 @@
+import Foundation
+import Testing
+@testable import Vouch
+@testable import VouchBackends
+@testable import VouchSupport
+
+/// Which firecracker and cloud-hypervisor binaries the tests run: Vouch's
+/// emulators (Tests/Emulators, guests under QEMU TCG) always; the real
+/// binaries where `VOUCH_REAL_FIRECRACKER` / `VOUCH_REAL_CLOUD_HYPERVISOR`
+/// name them, or they are on PATH and KVM works.
+enum MicroVMBinaries {
+    static let emulatorDirectory: String = {
+        // Tests/IntegrationTests/MicroVMFixture.swift → Tests/Emulators
+        let here = URL(fileURLWithPath: #filePath)
+        return here.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Emulators").path
+    }()
+
+    static var fakeFirecracker: String { emulatorDirectory + "/fake-firecracker" }
+
+    /// The real firecracker, if this host can run one.
+    static var realFirecracker: String? { real(env: "VOUCH_REAL_FIRECRACKER", program: "firecracker") }
+
+    private static func real(env: String, program: String) -> String? {
+        if let given = ProcessInfo.processInfo.environment[env], !given.isEmpty { return given }
+        guard let onPath = ChildProcess.resolve(program) else { return nil }
+        let kernel = (try? GuestImage.resolve("minimal"))?.kernel.path ?? ""
+        return KVMCheck.unusable(probeKernel: kernel) == nil ? onPath : nil
+    }
+
+    /// QEMU processes the emulators started (their command lines name
+    /// their private `fake-vmm-` directories), to prove none is left.
+    static func emulatedGuests() -> Set<Int32> {
+        var found: Set<Int32> = []
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(entry), let raw = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { continue }
+            let line = String(decoding: raw, as: UTF8.self)
+            if line.hasPrefix("qemu-system"), line.contains("fake-vmm-") { found.insert(pid) }
+        }
+        return found
+    }
+}
+
+/// A firecracker machine on a built-in image, run by `binary` (default: the emulator).
+func microVM(_ name: String, image: String = "minimal", vlans: [Int] = [], binary: String = MicroVMBinaries.fakeFirecracker,
+             bootTimeout: Double = 180) -> MachineSpec {
+    var settings = FirecrackerSettings(image: image)
+    settings.binary = binary
+    var m = MachineSpec(name: name, firecracker: settings)
+    m.vlans = vlans
+    m.bootTimeout = bootTimeout
+    return m
+}
+
+/// Runs `body` with `FAKE_FIRECRACKER_FAULTS` set to `faults` (the
+/// integration tests run one at a time, so the environment is theirs).
+func withEmulatorFaults<T>(_ faults: String, _ body: () async throws -> T) async rethrows -> T {
+    setenv("FAKE_FIRECRACKER_FAULTS", faults, 1)
+    defer { unsetenv("FAKE_FIRECRACKER_FAULTS") }
+    return try await body()
+}
