@@ -27,14 +27,21 @@ enum MicroVMBinaries {
         return KVMCheck.unusable(probeKernel: kernel) == nil ? onPath : nil
     }
 
-    /// QEMU processes the emulators started (their command lines name
-    /// their private `fake-vmm-` directories), to prove none is left.
+    /// QEMU processes an emulator started (their command lines name its
+    /// private `fake-vmm-` directory) that outlived it, to prove none is
+    /// left. An emulator still running is caught by `RealRun` (its command
+    /// line names the run directory); QEMUs of other emulators on this host
+    /// still have theirs as parent.
     static func emulatedGuests() -> Set<Int32> {
         var found: Set<Int32> = []
         for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
             guard let pid = Int32(entry), let raw = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { continue }
             let line = String(decoding: raw, as: UTF8.self)
-            if line.hasPrefix("qemu-system"), line.contains("fake-vmm-") { found.insert(pid) }
+            guard line.hasPrefix("qemu-system"), line.contains("fake-vmm-") else { continue }
+            let status = (try? String(contentsOfFile: "/proc/\(entry)/status", encoding: .utf8)) ?? ""
+            let parent = status.split(separator: "\n").first { $0.hasPrefix("PPid:") }.map { $0.dropFirst(5).trimmingCharacters(in: .whitespaces) } ?? "1"
+            let parentLine = FileManager.default.contents(atPath: "/proc/\(parent)/cmdline").map { String(decoding: $0, as: UTF8.self) } ?? ""
+            if !parentLine.contains("fake-firecracker"), !parentLine.contains("fake-cloud-hypervisor") { found.insert(pid) }
         }
         return found
     }

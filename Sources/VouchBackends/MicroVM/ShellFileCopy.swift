@@ -39,7 +39,8 @@ package enum ShellFileCopy {
     ///   when the host cannot unpack it.
     package static func pull(_ item: String, from guestShared: String, to hostShared: String,
                              shell: GuestShell, machine: String) async throws(VouchError) {
-        let result = try await run("tar -C \(shellQuote(guestShared)) -cf - \(shellQuote(item))", shell: shell, machine: machine)
+        // Through cat: GNU tar refuses to write an archive to a terminal (the shell's pty).
+        let result = try await run("tar -C \(shellQuote(guestShared)) -cf - \(shellQuote(item)) | cat", shell: shell, machine: machine)
         let archive = hostShared + "/.vouch-pull-\(UUID().uuidString.prefix(8)).tar"
         defer { try? FileManager.default.removeItem(atPath: archive) }
         guard FileManager.default.createFile(atPath: archive, contents: Data(result.output)) else {
