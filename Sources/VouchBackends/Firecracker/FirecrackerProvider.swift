@@ -2,7 +2,7 @@ import Foundation
 import VouchSupport
 
 /// Settings of the `firecracker` backend.
-public struct FirecrackerSettings: BackendSettings, Equatable {
+public struct FirecrackerSettings: MicroVMSettings, Equatable {
     public static let backend = "firecracker"
 
     /// A built-in image name or an image directory (default `minimal`).
@@ -26,6 +26,8 @@ public struct FirecrackerSettings: BackendSettings, Equatable {
     public init(image: String? = nil) {
         self.image = image
     }
+
+    public init() {}
 }
 
 extension MachineSpec {
@@ -42,41 +44,23 @@ extension MachineSpec {
 /// over its API socket, with the backdoor on vsock.
 package struct FirecrackerProvider: BackendProvider {
     package let name = FirecrackerSettings.backend
-    package let keys: Set<String> = ["image", "kernel", "initrd", "disk", "cmdline", "memory", "cpus", "binary"]
+    package let keys = MicroVMGuest.specKeys
 
     package init() {}
 
     package func parse(_ o: SpecObject, into machine: inout MachineSpec) throws(VouchError) {
-        var f = FirecrackerSettings()
-        f.image = try o.string("image")
-        f.kernel = try o.string("kernel")
-        f.initrd = try o.string("initrd")
-        f.disk = try o.string("disk")
-        f.cmdline = try o.string("cmdline")
-        f.memoryMiB = try o.int("memory") ?? 512
-        f.cpus = try o.int("cpus") ?? 1
-        f.binary = try o.string("binary")
-        guard f.image == nil || f.kernel == nil else { throw SpecObject.invalid("\(o.path): give image or kernel, not both") }
-        if f.kernel == nil, f.initrd != nil || f.disk != nil { throw SpecObject.invalid("\(o.path): initrd and disk go with kernel") }
-        if f.kernel == nil, f.image == nil { f.image = "minimal" }
-        guard f.memoryMiB >= 32 else { throw SpecObject.invalid("\(o.path).memory: at least 32 (MiB)") }
         // Firecracker's limit (machine-config vcpu_count: 1 to 32).
-        guard (1...32).contains(f.cpus) else { throw SpecObject.invalid("\(o.path).cpus: 1 to 32") }
-        machine.settings = f
+        machine.settings = try FirecrackerSettings.parse(o, maxCPUs: 32)
     }
 
     package func validate(_ machine: MachineSpec, network: NetworkKind) throws(VouchError) {
-        // Firecracker's network cards are TAP devices; there is no VDE plug.
-        if network == .vde, !machine.vlans.isEmpty {
-            throw VouchError(.invalidSpec, "machines.\(machine.name): the firecracker backend needs \"network\": \"tap\" to join VLANs (or \"vlans\": [])")
-        }
+        try MicroVMGuest.requireTAP(machine, network: network, backend: name)
     }
 
     package func prepare(_ machine: MachineSpec, in run: RunEnvironment) throws(VouchError) -> BackendPlan {
         guard let settings = machine.firecracker else { throw VouchError(.invalidSpec, "not a firecracker machine", machine: machine.name) }
         try validate(machine, network: run.network)
-        let guest = try MicroVMGuest.resolve(image: settings.image, kernel: settings.kernel, initrd: settings.initrd, disk: settings.disk,
-                                             cmdline: settings.cmdline, machine: machine.name)
+        let guest = try settings.guest(machine: machine.name)
         let binary = try VMMBinary.locate(program: "firecracker", expectedName: "Firecracker", configured: settings.binary,
                                           environment: "VOUCH_FIRECRACKER", probeKernel: guest.kernel, machine: machine.name)
         let timeout = machine.bootTimeout

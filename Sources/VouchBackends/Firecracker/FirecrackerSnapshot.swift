@@ -14,7 +14,6 @@ import VouchSupport
 extension FirecrackerBackend: Snapshotting {
     static let stateFile = "vmstate"
     static let memoryFile = "memory"
-    static let diskFile = "root.img"
 
     func prepareSnapshot(_ shell: GuestShell) async throws(VouchError) {}
 
@@ -32,63 +31,40 @@ extension FirecrackerBackend: Snapshotting {
             "mem_file_path": .string(directory + "/" + Self.memoryFile),
         ], timeout: 120)
         if guest.rootDisk != nil {
-            try await copy(context.stateDirectory + "/" + Self.diskFile, to: directory + "/" + Self.diskFile)
+            try await MicroVMGuest.copy(context.stateDirectory + "/" + Self.diskFile, to: directory + "/" + Self.diskFile, machine: context.name)
         }
     }
 
     func restoreSnapshot(from directory: String) async throws(VouchError) -> GuestChannel? {
-        let name = context.name
-        await endProcess(discard: true)
-        try vouching("cannot create the state directory \(context.stateDirectory)", machine: name) {
-            try FileManager.default.createDirectory(atPath: context.stateDirectory, withIntermediateDirectories: true,
-                                                    attributes: [.posixPermissions: 0o700])
-        }
+        await vmm.end(discard: true)
+        try vmm.makeStateDirectory()
         if guest.rootDisk != nil {
             let disk = context.stateDirectory + "/" + Self.diskFile
             try? FileManager.default.removeItem(atPath: disk)
-            try await copy(directory + "/" + Self.diskFile, to: disk)
+            try await MicroVMGuest.copy(directory + "/" + Self.diskFile, to: disk, machine: context.name)
         }
-        let process = try spawn()
         do throws(VouchError) {
-            try await waitForAPISocket(process)
+            _ = try await vmm.launch(arguments)
             try await api.call("PUT", "/snapshot/load", body: [
                 "snapshot_path": .string(directory + "/" + Self.stateFile),
                 "mem_backend": ["backend_type": "File", "backend_path": .string(directory + "/" + Self.memoryFile)],
                 "resume_vm": false,
             ], timeout: 120)
         } catch {
-            await endProcess(discard: true)
-            throw VouchError(.bootFailed, "firecracker could not load the snapshot in \(directory): \(error.message)", machine: name,
-                             outputTail: tail(stderrText.text), cause: error)
+            await vmm.end(discard: true)
+            throw VouchError(.bootFailed, "firecracker could not load the snapshot in \(directory): \(error.message)", machine: context.name,
+                             outputTail: tail(vmm.stderrText.text), cause: error)
         }
         return nil
     }
 
     func shellAfterRestore(until deadline: Deadline) async throws(VouchError) -> GuestChannel {
-        guard let process = state.withLock({ $0.process }) else {
-            throw VouchError(.bootFailed, "firecracker is not running", machine: context.name)
-        }
-        let channel = try await VsockConnector.connect(path: vsockSocket, port: MicroVMGuest.backdoorPort, machine: context.name,
-                                                       until: deadline, unless: { process.exitStatus != nil })
-        state.withLock { $0.channel = channel }
-        context.health.watch(channel.input)
-        return channel
+        try await vmm.connectShell(until: deadline)
     }
 
     func commandsAfterResume(restoredFrom directory: String?) -> [String] { [] }
 
     func snapshotKey() async throws(VouchError) -> String {
-        var lines = ["format 1", "vmm \(binary.version)", "memory \(memoryMiB)", "cpus \(cpus)"]
-        for file in [guest.kernel, guest.initrd, guest.rootDisk].compactMap({ $0 }) { lines.append("file " + SnapshotFacts.identity(of: file)) }
-        lines.append("cmdline " + guest.commandLine(name: context.name, network: context.network))
-        lines += (context.network?.attachments ?? []).map { "nic \($0.nic.vlan) \($0.nic.mac) \($0.tap ?? "-")" }
-        return lines.joined(separator: "\n")
-    }
-
-    private func copy(_ source: String, to destination: String) async throws(VouchError) {
-        let (status, output) = try await ChildProcess.run("cp", ["--reflink=auto", "--sparse=always", source, destination], timeout: 300)
-        guard status == .exited(0) else {
-            throw VouchError(.other, "cannot copy \(source) to \(destination) (\(status))", machine: context.name, outputTail: tail(output))
-        }
+        MicroVMGuest.snapshotKey(vmm: vmm, guest: guest, memoryMiB: memoryMiB, cpus: cpus)
     }
 }

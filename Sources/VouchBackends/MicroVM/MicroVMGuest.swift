@@ -66,17 +66,32 @@ package struct MicroVMGuest: Sendable, Equatable {
         return words.joined(separator: " ")
     }
 
-    /// Copies the root disk into `directory` (sparse, reflinked where the
-    /// file system can) and returns the copy; a machine started again keeps its copy.
-    /// - Throws: `.bootFailed` with cp's output.
+    /// Copies the root disk into `directory` (as `root.img`) and returns the
+    /// copy; a machine started again keeps its copy.
+    /// - Throws: `.other` with cp's output.
     package func copyRootDisk(into directory: String, machine: String) async throws(VouchError) -> String? {
         guard let rootDisk else { return nil }
         let copy = directory + "/root.img"
         if FileManager.default.fileExists(atPath: copy) { return copy }
-        let (status, output) = try await ChildProcess.run("cp", ["--reflink=auto", "--sparse=always", rootDisk, copy], timeout: 300)
-        guard status == .exited(0) else {
-            throw VouchError(.bootFailed, "cannot copy the root disk \(rootDisk) (\(status))", machine: machine, outputTail: tail(output))
-        }
+        try await Self.copy(rootDisk, to: copy, machine: machine)
         return copy
+    }
+
+    /// Copies a disk file, sparse, reflinked where the file system can.
+    /// - Throws: `.other` with cp's output.
+    static func copy(_ source: String, to destination: String, machine: String) async throws(VouchError) {
+        let (status, output) = try await ChildProcess.run("cp", ["--reflink=auto", "--sparse=always", source, destination], timeout: 300)
+        guard status == .exited(0) else {
+            throw VouchError(.other, "cannot copy \(source) to \(destination) (\(status))", machine: machine, outputTail: tail(output))
+        }
+    }
+
+    /// What a microVM snapshot depends on outside itself (`Snapshotting.snapshotKey`).
+    static func snapshotKey(vmm: MicroVMProcess, guest: MicroVMGuest, memoryMiB: Int, cpus: Int) -> String {
+        var lines = ["format 1", "vmm \(vmm.binary.version)", "memory \(memoryMiB)", "cpus \(cpus)"]
+        for file in [guest.kernel, guest.initrd, guest.rootDisk].compactMap({ $0 }) { lines.append("file " + SnapshotFacts.identity(of: file)) }
+        lines.append("cmdline " + guest.commandLine(name: vmm.context.name, network: vmm.context.network))
+        lines += (vmm.context.network?.attachments ?? []).map { "nic \($0.nic.vlan) \($0.nic.mac) \($0.tap ?? "-")" }
+        return lines.joined(separator: "\n")
     }
 }

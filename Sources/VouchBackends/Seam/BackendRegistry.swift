@@ -10,6 +10,7 @@ package enum BackendRegistry {
         NspawnProvider(),
         SSHProvider(),
         FirecrackerProvider(),
+        CloudHypervisorProvider(),
     ]
 
     /// The registered names.
