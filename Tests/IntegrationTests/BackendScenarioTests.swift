@@ -113,6 +113,25 @@ struct BackendScenarioTests {
         try await firecrackerScenario(binary: MicroVMBinaries.realFirecracker ?? "firecracker")
     }
 
+    /// cloud-hypervisor, here against Vouch's emulator (the guest under QEMU TCG).
+    @Test func scenarioOnCloudHypervisorEmulator() async throws {
+        try await cloudHypervisorScenario(binary: MicroVMBinaries.fakeCloudHypervisor)
+    }
+
+    @Test(.enabled(if: MicroVMBinaries.realCloudHypervisor != nil, "no cloud-hypervisor binary with working KVM (set VOUCH_REAL_CLOUD_HYPERVISOR)"))
+    func scenarioOnRealCloudHypervisor() async throws {
+        try await cloudHypervisorScenario(binary: MicroVMBinaries.realCloudHypervisor ?? "cloud-hypervisor")
+    }
+
+    private func cloudHypervisorScenario(binary: String) async throws {
+        let before = MicroVMBinaries.emulatedGuests()
+        let run = try await RealRun.run([cloudHypervisorVM("ch", image: "systemd", binary: binary)]) { d in
+            try await machineScenario(try d.machine("ch"), ScenarioTraits(snapshots: true))
+        }
+        #expect(run.outcome == .passed)
+        #expect(MicroVMBinaries.emulatedGuests().subtracting(before).isEmpty, "the emulator left QEMU running")
+    }
+
     private func firecrackerScenario(binary: String) async throws {
         let before = MicroVMBinaries.emulatedGuests()
         let run = try await RealRun.run([microVM("fc", image: "systemd", binary: binary)]) { d in

@@ -21,6 +21,10 @@ final class CLITests: ScratchSuite {
             (#"{"machines": {"a": {"image": "nonexistent"}}}"#, "guest image 'nonexistent' not found"),
             (#"{"machines": {"a": {"kernel": "/no/such/kernel"}}}"#, "kernel /no/such/kernel does not exist"),
             (#"{"machines": "#, "is not valid JSON"),
+            (#"{"machines": {"a": {"backend": "firecracker", "vlans": [], "binary": "/no/firecracker"}}}"#,
+             "a: the firecracker backend cannot run here: /no/firecracker does not exist or is not executable"),
+            (#"{"machines": {"a": {"backend": "cloud-hypervisor", "vlans": [1]}}}"#,
+             "the cloud-hypervisor backend needs \"network\": \"tap\" to join VLANs"),
         ]
         for (i, (json, expected)) in cases.enumerated() {
             let spec = try write("bad\(i).json", json)

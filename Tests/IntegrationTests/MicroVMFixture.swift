@@ -16,9 +16,12 @@ enum MicroVMBinaries {
     }()
 
     static var fakeFirecracker: String { emulatorDirectory + "/fake-firecracker" }
+    static var fakeCloudHypervisor: String { emulatorDirectory + "/fake-cloud-hypervisor" }
 
     /// The real firecracker, if this host can run one.
     static var realFirecracker: String? { real(env: "VOUCH_REAL_FIRECRACKER", program: "firecracker") }
+    /// The real cloud-hypervisor, if this host can run one.
+    static var realCloudHypervisor: String? { real(env: "VOUCH_REAL_CLOUD_HYPERVISOR", program: "cloud-hypervisor") }
 
     private static func real(env: String, program: String) -> String? {
         if let given = ProcessInfo.processInfo.environment[env], !given.isEmpty { return given }
@@ -53,6 +56,17 @@ func microVM(_ name: String, image: String = "minimal", vlans: [Int] = [], binar
     var settings = FirecrackerSettings(image: image)
     settings.binary = binary
     var m = MachineSpec(name: name, firecracker: settings)
+    m.vlans = vlans
+    m.bootTimeout = bootTimeout
+    return m
+}
+
+/// A cloud-hypervisor machine on a built-in image, run by `binary` (default: the emulator).
+func cloudHypervisorVM(_ name: String, image: String = "minimal", vlans: [Int] = [], binary: String = MicroVMBinaries.fakeCloudHypervisor,
+                       bootTimeout: Double = 180) -> MachineSpec {
+    var settings = CloudHypervisorSettings(image: image)
+    settings.binary = binary
+    var m = MachineSpec(name: name, cloudHypervisor: settings)
     m.vlans = vlans
     m.bootTimeout = bootTimeout
     return m
