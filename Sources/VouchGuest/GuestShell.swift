@@ -73,7 +73,15 @@ package actor GuestShell {
     ///   shell is usable again unless the message says otherwise),
     ///   `.machineDown` when the guest goes away, `.protocolError` when the
     ///   shell was lost earlier, `.cancelled` (the command is interrupted too).
-    package func run(_ command: String, until deadline: Deadline, plain: Bool = false) async throws(VouchError) -> CommandResult {
+    ///
+    /// `input` (printable ASCII and newlines only) is typed on the shell's
+    /// terminal right after the command line, for a command that reads
+    /// exactly that many bytes from `/dev/tty` (bash reads its own input a
+    /// byte at a time, so data is far faster there than in the command).
+    package func run(_ command: String, input: [UInt8] = [], until deadline: Deadline, plain: Bool = false) async throws(VouchError) -> CommandResult {
+        guard input.allSatisfy({ (0x20...0x7E).contains($0) || $0 == 0x0A }) else {
+            throw VouchError(.invalidSpec, "input typed on the guest's terminal must be printable ASCII", machine: machine, command: command)
+        }
         if let lost {
             throw VouchError(.protocolError, "the guest shell is unusable: \(lost)", machine: machine, command: command)
         }
@@ -87,7 +95,7 @@ package actor GuestShell {
         defer { lock.release() }
         let nonce = nextNonce()
         do throws(VouchError) {
-            try await send(ShellFraming.commandLine(command, nonce: nonce, plain: plain), until: deadline)
+            try await send(ShellFraming.commandLine(command, nonce: nonce, plain: plain) + input, until: deadline)
             if let answer = try await readAnswer(nonce: nonce, until: deadline) {
                 return CommandResult(status: answer.status, output: answer.output, waitedForLeftovers: answer.flag == .waited)
             }

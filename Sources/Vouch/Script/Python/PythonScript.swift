@@ -34,6 +34,9 @@ public struct PythonScript: Sendable {
         environment["PYTHONPATH"] = ([package.path] + [environment["PYTHONPATH"]].compactMap { $0 }).joined(separator: ":")
         environment["VOUCH_BRIDGE_FD"] = "3"
         environment["PYTHONDONTWRITEBYTECODE"] = "1"
+        // `-m` would put the working directory first on sys.path, where a
+        // test script called copy.py or json.py would shadow the stdlib.
+        environment["PYTHONSAFEPATH"] = "1"
         var arguments = ["-u", "-m", "vouch_driver", interactive ? "repl" : "run"]
         if let path { arguments.append(path.path) }
 
