@@ -59,6 +59,20 @@ import Testing
         }
     }
 
+    /// Input typed on the terminal after the command reaches a command that
+    /// reads it from /dev/tty, and the next command starts in sync.
+    @Test func inputTypedOnTheTerminal() async throws {
+        try await withFakeShell { shell, _ in
+            let data = Array(String(repeating: "QUJD+/9=", count: 40_000).utf8)  // 320 KB of base64 text
+            let r = try await shell.run("head -c \(data.count) </dev/tty", input: data, until: Deadline(seconds: 30))
+            #expect(r.status == 0)
+            #expect(r.output == data)
+            #expect(try await shell.run("echo next", timeout: 10).text == "next\n")
+            let e = await #expect(throws: VouchError.self) { _ = try await shell.run("true", input: [0x03], until: Deadline(seconds: 5)) }
+            #expect(e?.kind == .invalidSpec)
+        }
+    }
+
     @Test func fiftyMegabytesOfRandomOutput() async throws {
         try await withFakeShell { shell, _ in
             let size = 50_000_000
