@@ -32,7 +32,7 @@ struct Bench: AsyncParsableCommand {
     @Flag(help: "Measure Swift script compile time and the Python bridge's per-call cost, instead.")
     var scripts = false
 
-    @Option(help: "Compare backends instead (comma-separated: qemu,nspawn,ssh,firecracker): boot to first command, round trips and snapshot restores.")
+    @Option(help: "Compare backends instead (comma-separated: qemu,nspawn,ssh,firecracker,cloud-hypervisor): boot to first command, round trips and snapshot restores; the microVMs run $VOUCH_FIRECRACKER / $VOUCH_CLOUD_HYPERVISOR (e.g. the emulators in Tests/Emulators), marked EMULATED when they are.")
     var backends: String?
 
     @Flag(help: "Measure cold boot against snapshot restore (restore → first command) instead.")

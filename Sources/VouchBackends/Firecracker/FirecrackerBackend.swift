@@ -5,7 +5,7 @@ import VouchWire
 
 /// Runs a machine as a Firecracker microVM: `firecracker --api-sock S`,
 /// configured over its HTTP API (machine, boot source, root drive, one TAP
-/// per VLAN, vsock), then `InstanceStart`. The serial console is the
+/// per VLAN, vsock, entropy), then `InstanceStart`. The serial console is the
 /// process's stdout; the backdoor shell is the guest's vsock listener.
 ///
 /// Firecracker ends when the guest reboots, so a shutdown is a guest
@@ -80,6 +80,8 @@ final class FirecrackerBackend: Backend, PowerControl, Crashable, LinkControl, P
             ])
         }
         try await api.call("PUT", "/vsock", body: ["guest_cid": 3, "uds_path": .string(MicroVMProcess.vsockName)])
+        // virtio-rng, so the guest's entropy does not wait on a quiet microVM.
+        try await api.call("PUT", "/entropy", body: [:])
     }
 
     func waitForExit() async throws(VouchError) -> ExitStatus { try await vmm.waitForExit() }
