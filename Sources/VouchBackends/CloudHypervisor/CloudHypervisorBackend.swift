@@ -12,7 +12,7 @@ import VouchWire
 /// A guest reboot restarts the VM in place, but the vsock connection does
 /// not survive it, so `reboot` is refused for now; files travel through the
 /// shell (`ShellFileCopy`).
-final class CloudHypervisorBackend: Backend, PowerControl, Crashable, LinkControl, PortForwarding, FileTransfer, ConsoleInput {
+final class CloudHypervisorBackend: MicroVMBackend, PowerControl {
     let kind = "cloud-hypervisor"
     let context: MachineContext
     let vmm: MicroVMProcess
@@ -21,7 +21,6 @@ final class CloudHypervisorBackend: Backend, PowerControl, Crashable, LinkContro
     let cpus: Int
     let bootTimeout: Double
 
-    static let diskFile = "root.img"
     static let base = "/api/v1/"
 
     init(context: MachineContext, binary: VMMBinary, guest: MicroVMGuest, memoryMiB: Int, cpus: Int, bootTimeout: Double) {
@@ -33,7 +32,6 @@ final class CloudHypervisorBackend: Backend, PowerControl, Crashable, LinkContro
         self.bootTimeout = bootTimeout
     }
 
-    var exitStatus: ExitStatus? { vmm.exitStatus }
     var arguments: [String] { ["--api-socket", "path=" + vmm.apiSocket] }
 
     /// Calls `PUT /api/v1/<endpoint>`.
@@ -79,7 +77,7 @@ final class CloudHypervisorBackend: Backend, PowerControl, Crashable, LinkContro
             "console": ["mode": "Off"],
             "vsock": ["cid": 3, "socket": .string(MicroVMProcess.vsockName)],
         ]
-        if hasDisk { config["disks"] = [["path": .string(Self.diskFile)]] }
+        if hasDisk { config["disks"] = [["path": .string(MicroVMGuest.diskFile)]] }
         var nets: [JSONValue] = []
         for attachment in context.network?.attachments ?? [] {
             guard let tap = attachment.tap else {
@@ -122,19 +120,6 @@ final class CloudHypervisorBackend: Backend, PowerControl, Crashable, LinkContro
 
     func allowReboot(_ allowed: Bool) async throws(VouchError) {
         if allowed { try permit(.reboot) }
-    }
-
-    func crash() async throws(VouchError) { await vmm.kill() }
-    func setLinks(up: Bool) async throws(VouchError) { try await vmm.setLinks(up: up) }
-    func forwardPort(hostPort: Int, guestPort: Int) async throws(VouchError) { try await vmm.forwardPort(hostPort: hostPort, guestPort: guestPort) }
-    func sendConsole(_ bytes: [UInt8]) async throws(VouchError) { try await vmm.sendConsole(bytes) }
-
-    func pushShared(_ item: String, shell: GuestShell) async throws(VouchError) {
-        try await ShellFileCopy.push(item, from: context.sharedDirectory, to: guestSharedDirectory, shell: shell, machine: context.name)
-    }
-
-    func pullShared(_ item: String, shell: GuestShell) async throws(VouchError) {
-        try await ShellFileCopy.pull(item, from: guestSharedDirectory, to: context.sharedDirectory, shell: shell, machine: context.name)
     }
 
     // MARK: - Teardown

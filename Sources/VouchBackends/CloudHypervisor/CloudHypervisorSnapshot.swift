@@ -15,19 +15,13 @@ extension CloudHypervisorBackend: Snapshotting {
 
     func saveSnapshot(to directory: String) async throws(VouchError) {
         try await put("vm.snapshot", body: ["destination_url": .string("file://" + directory)], timeout: 120)
-        if guest.rootDisk != nil {
-            try await MicroVMGuest.copy(context.stateDirectory + "/" + Self.diskFile, to: directory + "/" + Self.diskFile, machine: context.name)
-        }
+        try await saveDisk(into: directory)
     }
 
     func restoreSnapshot(from directory: String) async throws(VouchError) -> GuestChannel? {
         await vmm.end(discard: true)
         try vmm.makeStateDirectory()
-        if guest.rootDisk != nil {
-            let disk = context.stateDirectory + "/" + Self.diskFile
-            try? FileManager.default.removeItem(atPath: disk)
-            try await MicroVMGuest.copy(directory + "/" + Self.diskFile, to: disk, machine: context.name)
-        }
+        try await restoreDisk(from: directory)
         do throws(VouchError) {
             _ = try await vmm.launch(arguments)
             try await put("vm.restore", body: ["source_url": .string("file://" + directory)], timeout: 120)

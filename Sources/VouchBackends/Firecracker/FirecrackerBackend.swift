@@ -11,7 +11,7 @@ import VouchWire
 /// Firecracker ends when the guest reboots, so a shutdown is a guest
 /// `reboot` and a reboot is not possible; it has no shared file system, so
 /// files travel through the shell (`ShellFileCopy`).
-final class FirecrackerBackend: Backend, PowerControl, Crashable, LinkControl, PortForwarding, FileTransfer, ConsoleInput {
+final class FirecrackerBackend: MicroVMBackend, PowerControl {
     let kind = "firecracker"
     let context: MachineContext
     let vmm: MicroVMProcess
@@ -20,7 +20,6 @@ final class FirecrackerBackend: Backend, PowerControl, Crashable, LinkControl, P
     let cpus: Int
     let bootTimeout: Double
 
-    static let diskFile = "root.img"
 
     init(context: MachineContext, binary: VMMBinary, guest: MicroVMGuest, memoryMiB: Int, cpus: Int, bootTimeout: Double) {
         self.context = context
@@ -32,7 +31,6 @@ final class FirecrackerBackend: Backend, PowerControl, Crashable, LinkControl, P
     }
 
     var api: UnixHTTPClient { vmm.api }
-    var exitStatus: ExitStatus? { vmm.exitStatus }
 
     /// Firecracker's own arguments (the id: letters, digits and dashes).
     var arguments: [String] { ["--api-sock", vmm.apiSocket, "--id", HostName.forNode(context.name)] }
@@ -67,7 +65,7 @@ final class FirecrackerBackend: Backend, PowerControl, Crashable, LinkControl, P
         if hasDisk {
             // By name: firecracker resolves it in its working directory, the state directory.
             try await api.call("PUT", "/drives/rootfs", body: [
-                "drive_id": "rootfs", "path_on_host": .string(Self.diskFile), "is_root_device": true, "is_read_only": false,
+                "drive_id": "rootfs", "path_on_host": .string(MicroVMGuest.diskFile), "is_root_device": true, "is_read_only": false,
             ])
         }
         for (i, attachment) in (context.network?.attachments ?? []).enumerated() {
@@ -107,19 +105,6 @@ final class FirecrackerBackend: Backend, PowerControl, Crashable, LinkControl, P
 
     func allowReboot(_ allowed: Bool) async throws(VouchError) {
         if allowed { try permit(.reboot) }
-    }
-
-    func crash() async throws(VouchError) { await vmm.kill() }
-    func setLinks(up: Bool) async throws(VouchError) { try await vmm.setLinks(up: up) }
-    func forwardPort(hostPort: Int, guestPort: Int) async throws(VouchError) { try await vmm.forwardPort(hostPort: hostPort, guestPort: guestPort) }
-    func sendConsole(_ bytes: [UInt8]) async throws(VouchError) { try await vmm.sendConsole(bytes) }
-
-    func pushShared(_ item: String, shell: GuestShell) async throws(VouchError) {
-        try await ShellFileCopy.push(item, from: context.sharedDirectory, to: guestSharedDirectory, shell: shell, machine: context.name)
-    }
-
-    func pullShared(_ item: String, shell: GuestShell) async throws(VouchError) {
-        try await ShellFileCopy.pull(item, from: guestSharedDirectory, to: context.sharedDirectory, shell: shell, machine: context.name)
     }
 
     // MARK: - Teardown

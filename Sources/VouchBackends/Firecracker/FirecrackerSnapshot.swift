@@ -30,19 +30,13 @@ extension FirecrackerBackend: Snapshotting {
             "snapshot_type": "Full", "snapshot_path": .string(directory + "/" + Self.stateFile),
             "mem_file_path": .string(directory + "/" + Self.memoryFile),
         ], timeout: 120)
-        if guest.rootDisk != nil {
-            try await MicroVMGuest.copy(context.stateDirectory + "/" + Self.diskFile, to: directory + "/" + Self.diskFile, machine: context.name)
-        }
+        try await saveDisk(into: directory)
     }
 
     func restoreSnapshot(from directory: String) async throws(VouchError) -> GuestChannel? {
         await vmm.end(discard: true)
         try vmm.makeStateDirectory()
-        if guest.rootDisk != nil {
-            let disk = context.stateDirectory + "/" + Self.diskFile
-            try? FileManager.default.removeItem(atPath: disk)
-            try await MicroVMGuest.copy(directory + "/" + Self.diskFile, to: disk, machine: context.name)
-        }
+        try await restoreDisk(from: directory)
         do throws(VouchError) {
             _ = try await vmm.launch(arguments)
             try await api.call("PUT", "/snapshot/load", body: [

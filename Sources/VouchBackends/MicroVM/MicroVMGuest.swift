@@ -15,6 +15,9 @@ package struct MicroVMGuest: Sendable, Equatable {
     /// The unit that means "booted", for images with systemd.
     package var readyUnit: String?
 
+    /// The name of the machine's copy of the root disk in its state directory.
+    package static let diskFile = "root.img"
+
     /// The vsock port the guest's backdoor listens on (`vouch.vsock=`).
     package static let backdoorPort: UInt32 = 1234
 
@@ -71,7 +74,7 @@ package struct MicroVMGuest: Sendable, Equatable {
     /// - Throws: `.other` with cp's output.
     package func copyRootDisk(into directory: String, machine: String) async throws(VouchError) -> String? {
         guard let rootDisk else { return nil }
-        let copy = directory + "/root.img"
+        let copy = directory + "/" + Self.diskFile
         if FileManager.default.fileExists(atPath: copy) { return copy }
         try await Self.copy(rootDisk, to: copy, machine: machine)
         return copy

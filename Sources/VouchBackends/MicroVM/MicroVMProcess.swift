@@ -208,3 +208,44 @@ final class MicroVMProcess: Sendable {
         _ = try? await withDeadline(seconds: 1) { for pump in pumps { await pump.value } }
     }
 }
+
+/// A backend whose machine is a `MicroVMProcess`: what both VMMs do the
+/// same way comes from here.
+protocol MicroVMBackend: Crashable, LinkControl, PortForwarding, FileTransfer, ConsoleInput {
+    var vmm: MicroVMProcess { get }
+    var context: MachineContext { get }
+    var guest: MicroVMGuest { get }
+}
+
+extension MicroVMBackend {
+    var exitStatus: ExitStatus? { vmm.exitStatus }
+
+    func crash() async throws(VouchError) { await vmm.kill() }
+    func setLinks(up: Bool) async throws(VouchError) { try await vmm.setLinks(up: up) }
+    func forwardPort(hostPort: Int, guestPort: Int) async throws(VouchError) { try await vmm.forwardPort(hostPort: hostPort, guestPort: guestPort) }
+    func sendConsole(_ bytes: [UInt8]) async throws(VouchError) { try await vmm.sendConsole(bytes) }
+
+    /// No shared file system: through the shell.
+    func pushShared(_ item: String, shell: GuestShell) async throws(VouchError) {
+        try await ShellFileCopy.push(item, from: context.sharedDirectory, to: guestSharedDirectory, shell: shell, machine: context.name)
+    }
+
+    func pullShared(_ item: String, shell: GuestShell) async throws(VouchError) {
+        try await ShellFileCopy.pull(item, from: guestSharedDirectory, to: context.sharedDirectory, shell: shell, machine: context.name)
+    }
+
+    /// Copies the machine's disk into a snapshot `directory`: neither VMM's snapshot holds disks.
+    func saveDisk(into directory: String) async throws(VouchError) {
+        guard guest.rootDisk != nil else { return }
+        try await MicroVMGuest.copy(context.stateDirectory + "/" + MicroVMGuest.diskFile, to: directory + "/" + MicroVMGuest.diskFile,
+                                    machine: context.name)
+    }
+
+    /// Puts the disk of a snapshot `directory` back in place of the machine's.
+    func restoreDisk(from directory: String) async throws(VouchError) {
+        guard guest.rootDisk != nil else { return }
+        let disk = context.stateDirectory + "/" + MicroVMGuest.diskFile
+        try? FileManager.default.removeItem(atPath: disk)
+        try await MicroVMGuest.copy(directory + "/" + MicroVMGuest.diskFile, to: disk, machine: context.name)
+    }
+}
