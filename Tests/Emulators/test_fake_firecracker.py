@@ -4,6 +4,7 @@ images and are slow under TCG; they share booted guests where they can and
 never run more than two QEMUs at once."""
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +21,8 @@ if not os.path.isdir(os.path.join(IMAGES, "minimal")):
 MINIMAL = os.path.join(IMAGES, "minimal")
 SYSTEMD = os.path.join(IMAGES, "systemd")
 BOOT_ARGS = "console=ttyS0 panic=-1 loglevel=4 reboot=k"
+VSOCK_ARGS = BOOT_ARGS + " vouch.vsock=1234"  # the guest's vsockd serves port 1234
+BANNER = b"Spawning backdoor root shell..."
 DESER = "An error occurred when deserializing the json body of a request: "
 
 
@@ -118,11 +121,69 @@ class Emulator:
         self.err.close()
 
 
+class VsockConn:
+    """A host-side vsock client (Firecracker's CONNECT protocol on uds_path)."""
+
+    def __init__(self, path, port=1234, timeout=30):
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.settimeout(timeout)
+        self.s.connect(path)
+        self.s.sendall(b"CONNECT %d\n" % port)
+        self.buf = b""
+
+    def ok_line(self):
+        """The muxer's 'OK <n>' line, or None if the connection was closed."""
+        while b"\n" not in self.buf:
+            c = self.s.recv(4096)
+            if not c:
+                return None
+            self.buf += c
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line
+
+    def read_until(self, pattern, timeout=30):
+        """Read until the regex (bytes) matches what came after OK; -> match."""
+        import re
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.buf)
+            if m:
+                return m
+            self.s.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                c = self.s.recv(4096)
+            except socket.timeout:
+                raise AssertionError("%r not seen on vsock; got %r" % (pattern, self.buf))
+            if not c:
+                raise AssertionError("vsock closed before %r; got %r" % (pattern, self.buf))
+            self.buf += c
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def close(self):
+        self.s.close()
+
+
+def vsock_connect(path, timeout=120):
+    """CONNECT until the guest's vsockd listens (it starts late in boot)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = VsockConn(path)
+        line = v.ok_line()
+        if line is not None:
+            return v, line
+        v.close()
+        if time.monotonic() > deadline:
+            raise AssertionError("guest never listened on vsock port 1234")
+        time.sleep(0.5)
+
+
 def minimal_boot(emu, vsock=None):
     assert emu.call("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 256})[0] == 204
     assert emu.call("PUT", "/boot-source", {"kernel_image_path": os.path.join(MINIMAL, "vmlinux"),
                                             "initrd_path": os.path.join(MINIMAL, "initrd.img"),
-                                            "boot_args": BOOT_ARGS})[0] == 204
+                                            "boot_args": VSOCK_ARGS if vsock else BOOT_ARGS})[0] == 204
     if vsock:
         assert emu.call("PUT", "/vsock", {"guest_cid": 3, "uds_path": vsock})[0] == 204
     st, _, body = emu.call("PUT", "/actions", {"action_type": "InstanceStart"})
@@ -339,7 +400,12 @@ class MinimalGuest(unittest.TestCase):
         try:
             minimal_boot(cls.emu, cls.vsock)
             cls.emu.wait_console("[    ", timeout=120)  # kernel messages (loglevel=4 keeps them few)
-            cls.emu.wait_console("rcS", timeout=120)    # the initrd's init ran
+            # the initrd's init ran as far as vsockd opening its port
+            deadline = time.monotonic() + 120
+            while "vsock: guest opened port 1234" not in cls.emu.stderr():
+                if time.monotonic() > deadline:
+                    raise AssertionError("vsockd never opened its port:\n" + cls.emu.console()[-2000:])
+                time.sleep(0.2)
         except BaseException:
             cls.tearDownClass()  # unittest skips it when setUpClass fails
             raise
@@ -367,13 +433,39 @@ class MinimalGuest(unittest.TestCase):
         self.assertEqual(b["fault_message"], msg)
 
     def test_2_vsock_unopened_port_is_closed(self):
-        for line in (b"CONNECT 1234\n", b"CONNECT 9999\n", b"HELLO\n"):
+        for line in (b"CONNECT 9999\n", b"HELLO\n"):
             s = socket.socket(socket.AF_UNIX)
             s.settimeout(10)
             s.connect(self.vsock)
             s.sendall(line)
             self.assertEqual(s.recv(100), b"", line)  # closed, no OK
             s.close()
+
+    def test_2b_vsock_shell_kept_across_connections(self):
+        v, ok = vsock_connect(self.vsock)
+        self.assertRegex(ok, rb"^OK \d+$")
+        self.assertGreaterEqual(int(ok.split()[1]), 1 << 30)
+        v.read_until(re.escape(BANNER))
+        v.send(b"echo h''i\n")
+        v.read_until(rb"(^|\n)hi\r?\n")
+        v.send(b"echo P:$$:\n")
+        pid = v.read_until(rb"P:(\d+):").group(1)
+        # A second client while this one is relaying: the port is busy.
+        busy = VsockConn(self.vsock)
+        self.assertIsNone(busy.ok_line())
+        busy.close()
+        v.close()
+        # Reconnect: the same shell, so no banner and the same $$. The guest
+        # closes and reopens its port after a disconnect; QEMU reports that
+        # at most once a second, so retry until it listens again.
+        time.sleep(0.5)
+        v2, ok2 = vsock_connect(self.vsock, timeout=30)
+        self.assertRegex(ok2, rb"^OK \d+$")
+        self.assertNotEqual(ok2, ok)  # host-side port counts up
+        v2.send(b"echo P:$$:\n")
+        self.assertEqual(v2.read_until(rb"P:(\d+):").group(1), pid)
+        self.assertNotIn(BANNER, v2.buf)
+        v2.close()
 
     def test_3_pause_resume_snapshot_and_restore(self):
         e = self.emu
@@ -410,6 +502,25 @@ class MinimalGuest(unittest.TestCase):
             self.assertFalse(os.path.exists(fresh.sock))
         finally:
             fresh.stop()
+
+
+@unittest.skipUnless(os.path.exists(os.path.join(MINIMAL, "vmlinux")), "no minimal image")
+class VsockSilentFault(unittest.TestCase):
+    def test_ok_then_nothing(self):
+        tmp = tempfile.mkdtemp(prefix="fakefc-test-")
+        vs = os.path.join(tmp, "v.sock")
+        emu = Emulator(tmp, env={"FAKE_FIRECRACKER_FAULTS": "vsock=silent"})
+        try:
+            minimal_boot(emu, vs)
+            v, ok = vsock_connect(vs)
+            self.assertRegex(ok, rb"^OK \d+$")
+            v.send(b"echo hi\n")
+            v.s.settimeout(5)
+            self.assertRaises(socket.timeout, v.s.recv, 100)  # no banner, no answer
+            v.close()
+        finally:
+            emu.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @unittest.skipUnless(os.path.exists(os.path.join(MINIMAL, "vmlinux")), "no minimal image")
