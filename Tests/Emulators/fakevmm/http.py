@@ -31,7 +31,9 @@ def encode(resp, server_name):
     head += ["%s: %s" % h for h in resp.headers]
     payload = b""
     if resp.status != 204:
-        if isinstance(resp.body, (bytes, str)):
+        if resp.body is None:
+            payload = b""  # e.g. cloud-hypervisor's 200 to vmm.shutdown, bare 400s
+        elif isinstance(resp.body, (bytes, str)):
             payload = resp.body.encode() if isinstance(resp.body, str) else resp.body
         else:
             payload = json.dumps(resp.body, separators=(",", ":")).encode()

@@ -103,7 +103,7 @@ class Machine:
         # devices, then the stream.
         self._launch(self.argv(incoming=True))
         if self.bridge:
-            self.bridge.before_restore()
+            self.bridge.before_restore(getattr(self, "restore_busy", None))
         self.qmp.execute("migrate-incoming", {"uri": "exec:cat %s" % shlex.quote(mem_file)})
         qemu.wait_migration(self.qmp)
         if self.bridge:

@@ -21,8 +21,10 @@ def port_name(port):
 
 
 class Bridge:
-    def __init__(self, uds_path, ports, sock_dir, fault=None):
-        self.uds_path, self.fault = uds_path, fault
+    def __init__(self, uds_path, ports, sock_dir, fault=None, bus="virtio-serial-device"):
+        # bus: virtio-serial-device (virtio-mmio, Firecracker-like) or
+        # virtio-serial-pci (cloud-hypervisor's guests see PCI).
+        self.uds_path, self.fault, self.bus = uds_path, fault, bus
         self.chardev = {p: os.path.join(sock_dir, "vs-%d.sock" % p) for p in ports}
         self.port_of_id = {"vsport%d" % p: p for p in ports}
         self.open = set()   # ports whose guest end is open
@@ -37,7 +39,7 @@ class Bridge:
     def qemu_args(self):
         if not self.chardev:
             return []
-        args = ["-device", "virtio-serial-device"]
+        args = ["-device", self.bus]
         for p, path in sorted(self.chardev.items()):
             args += ["-chardev", "socket,id=vs%d,path=%s,server=on,wait=off" % (p, path),
                      "-device", "virtserialport,chardev=vs%d,name=%s,id=vsport%d" % (p, port_name(p), p)]
@@ -70,10 +72,18 @@ class Bridge:
         with self.lock:
             self.open.clear()
 
-    def before_restore(self):
+    def busy_ports(self):
+        """Ports with a host connection now (recorded in a snapshot)."""
+        with self.lock:
+            return sorted(self.busy)
+
+    def before_restore(self, busy=None):
+        """busy: the ports that had a session when the snapshot was taken
+        (None: assume all did). A port idle then was restored listening: the
+        open event QEMU reports on load is the truth for it."""
         with self.lock:
             self.open.clear()
-            self.stale = {p: False for p in self.chardev}
+            self.stale = {p: False for p in self.chardev if busy is None or p in busy}
 
     def after_restore(self):
         """Firecracker resets the guest's vsock connections when it loads a
@@ -83,7 +93,9 @@ class Bridge:
         closing each chardev tells the guest the host side went away, and the
         port is a listener again only once the guest has closed it and
         opened it afresh (VSERPORT_CHANGE)."""
-        for path in self.chardev.values():
+        for port, path in self.chardev.items():
+            if port not in self.stale:
+                continue  # idle at snapshot time: nothing to reset
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 s.connect(path)
