@@ -89,14 +89,18 @@ extension UnixHTTPClient {
     /// Sends the request and requires a 2xx status; returns the JSON body,
     /// or nil when there is none.
     /// - Throws: `.apiError` with the status and the VMM's own words (its
-    ///   `fault_message`, or the body's text) when it refuses, or when a
+    ///   `fault_message`, an error chain given as an array of strings, or
+    ///   the body's text) when it refuses, or when a
     ///   body is not JSON; as `send` otherwise.
     @discardableResult
     package func call(_ method: String, _ path: String, body: JSONValue? = nil, timeout: Double = defaultTimeout) async throws(VouchError) -> JSONValue? {
         let response = try await send(method, path, body: body, timeout: timeout)
         let parsed = response.body.isEmpty ? nil : try? JSONValue.parse(response.body)
         guard (200..<300).contains(response.status) else {
-            let said = parsed?["fault_message"]?.stringValue ?? response.text.trimmingCharacters(in: .whitespacesAndNewlines)
+            // firecracker: {"fault_message": "..."}; cloud-hypervisor: the error chain, ["outer", ..., "cause"].
+            let chain = parsed?.arrayValue?.compactMap(\.stringValue).joined(separator: ": ")
+            let said = parsed?["fault_message"]?.stringValue ?? chain.flatMap { $0.isEmpty ? nil : $0 }
+                ?? response.text.trimmingCharacters(in: .whitespacesAndNewlines)
             throw VouchError(.apiError, "\(peer) refused \(method) \(path) (HTTP \(response.status))" + (said.isEmpty ? "" : ": \(said)"),
                              machine: machine)
         }

@@ -50,11 +50,17 @@ import Testing
         let error = await #expect(throws: VouchError.self) { try await client.call("PUT", "/boot-source", body: ["kernel_image_path": "/k"]) }
         #expect(error?.kind == .apiError && error?.machine == "fc")
         #expect(error?.message == "firecracker refused PUT /boot-source (HTTP 400): The requested operation is not supported after starting the microVM.")
-        // cloud-hypervisor's errors are text.
+        // A plain text error.
         let (srv2, client2) = try server(Self.answer("HTTP/1.1 500 Internal Server Error\r\nContent-Length: 18\r\n\r\nVM is not created\n"))
         defer { srv2.stop() }
         let e2 = await #expect(throws: VouchError.self) { try await client2.call("PUT", "/api/v1/vm.boot") }
         #expect(e2?.message.hasSuffix("(HTTP 500): VM is not created") == true, "\(String(describing: e2))")
+        // cloud-hypervisor's error chain, outermost first.
+        let chain = #"["Error from API","The VM could not boot","VM config is missing"]"#
+        let (srv3, client3) = try server(Self.answer("HTTP/1.1 404 Not Found\r\nContent-Length: \(chain.utf8.count)\r\n\r\n\(chain)"))
+        defer { srv3.stop() }
+        let e3 = await #expect(throws: VouchError.self) { try await client3.call("PUT", "/api/v1/vm.boot") }
+        #expect(e3?.message.hasSuffix("(HTTP 404): Error from API: The VM could not boot: VM config is missing") == true, "\(String(describing: e3))")
     }
 
     @Test func brokenPeersAreClearErrorsWithinTheDeadline() async throws {
