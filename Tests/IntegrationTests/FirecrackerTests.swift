@@ -24,6 +24,11 @@ struct FirecrackerTests {
             try await vm.fail("ping -c 1 -W 2 fc1")
             try await fc1.unblock()
             try await vm.waitUntilSucceeds("ping -c 1 -W 2 fc1", timeout: 60)
+            // forwardPort relays into the namespace, to fc1's address.
+            try await fc1.succeed("(while true; do echo hello-from-fc1 | nc -l -p 7777; done) >/dev/null 2>&1 &")
+            let port = try await fc1.forwardPort(guest: 7777)
+            let (status, output) = try await ChildProcess.run("bash", ["-c", "for i in 1 2 3 4 5; do exec 3<>/dev/tcp/127.0.0.1/\(port) && timeout 5 head -n 1 <&3 && exit 0; sleep 1; done; exit 1"])
+            #expect(status == .exited(0) && output.contains("hello-from-fc1"), "\(status): \(output)")
         }
         #expect(run.outcome == .passed)
         #expect(MicroVMBinaries.emulatedGuests().subtracting(before).isEmpty)
