@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import Vouch
 
-@main
+/// `vouch` and its subcommands (the entry point is `Entry`).
 struct VouchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vouch",
