@@ -180,6 +180,8 @@ struct InstallTests {
             packageRoot.appendingPathComponent("scripts/install").path, ["--from", packageRoot.appendingPathComponent(".build/debug").path, prefix.path])
         #expect(installed == .exited(0), "\(log)")
         let vouch = prefix.appendingPathComponent("bin/vouch").path
+        let (helped, help) = try await ChildProcess.run(prefix.appendingPathComponent("bin/nixos-test-driver").path, ["--help"])
+        #expect(helped == .exited(0) && help.contains("This is Vouch answering to the name nixos-test-driver"), "\(help)")
         let spec = packageRoot.appendingPathComponent("Tests/Conformance/one-node.json").path
         let swiftScript = dir.appendingPathComponent("t.swift")
         try "try assertEqual(try await machine.succeed(\"echo swift-ok\"), \"swift-ok\\n\")\n".write(to: swiftScript, atomically: true, encoding: .utf8)
