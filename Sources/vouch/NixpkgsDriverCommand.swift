@@ -55,7 +55,7 @@ enum NixpkgsDriverCommand {
     static func main(_ arguments: [String]) async -> Never {
         let environment = ProcessInfo.processInfo.environment
         let parsed: NixpkgsDriverArguments
-        do throws(NixpkgsDriverArguments.Failure) {
+        do throws(VouchError) {
             parsed = try .parse(arguments, environment: environment)
         } catch {
             usageError(error.message)
@@ -79,7 +79,7 @@ enum NixpkgsDriverCommand {
             config = absolute(given)
         } else {
             // The older form: the same driver configuration, written for this run.
-            do throws(NixpkgsDriverArguments.Failure) {
+            do throws(VouchError) {
                 let json = try parsed.driverConfiguration(workingDirectory: cwd)
                 let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("vouch-nixos-test-driver-\(getpid())")
                 try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)

@@ -1,4 +1,5 @@
 import Foundation
+import VouchSupport
 
 /// The command line of nixpkgs' `nixos-test-driver`, which Vouch accepts
 /// when it runs under that name. Both generations are understood:
@@ -16,7 +17,7 @@ import Foundation
 /// and `--flag value`, `-oDIR` and `-o=DIR`, bundled short flags (`-KI`),
 /// unambiguous prefixes of long options (`--debug-hook=PATH`, as run.nix
 /// passes it), list options that take words up to the next option, and `--`.
-/// Anything else is an error naming the word (exit status 2).
+/// Anything else is an `.invalidSpec` error naming the word (exit status 2).
 public struct NixpkgsDriverArguments: Equatable, Sendable {
     /// `--config`: the driverConfiguration.json of the current generation.
     public var config: String?
@@ -44,12 +45,6 @@ public struct NixpkgsDriverArguments: Equatable, Sendable {
     public var help = false
     /// Warnings to print before the run (deprecated spellings).
     public var warnings: [String] = []
-
-    /// A command line nixpkgs' driver would refuse too (exit status 2).
-    public struct Failure: Error, Equatable, CustomStringConvertible {
-        public let message: String
-        public var description: String { message }
-    }
 
     /// The log levels of nixpkgs' `LogLevel`, as `--log-level` spells them.
     public static let logLevels = ["debug", "info", "warning", "error"]
@@ -124,15 +119,15 @@ public struct NixpkgsDriverArguments: Equatable, Sendable {
     }
 
     /// The long option `word` names: exactly, or as an unambiguous prefix.
-    static func resolveLong(_ word: String) throws(Failure) -> Option {
+    static func resolveLong(_ word: String) throws(VouchError) -> Option {
         if let exact = longOptions.first(where: { $0.0 == word }) { return exact.1 }
         if unsupported.contains(word) {
-            throw Failure(message: "\(word) belongs to a generation of nixpkgs' driver (separate names and start scripts) that Vouch does not accept; use --config or --start-scripts")
+            throw VouchError(.invalidSpec, "\(word) belongs to a generation of nixpkgs' driver (separate names and start scripts) that Vouch does not accept; use --config or --start-scripts")
         }
         let matches = word.count > 2 ? longOptions.filter { $0.0.hasPrefix(word) } : []
-        guard let first = matches.first else { throw Failure(message: "unrecognized arguments: \(word)") }
+        guard let first = matches.first else { throw VouchError(.invalidSpec, "unrecognized arguments: \(word)") }
         if matches.contains(where: { $0.1.meaning != first.1.meaning }) {
-            throw Failure(message: "ambiguous option: \(word) could match " + matches.map(\.0).joined(separator: ", "))
+            throw VouchError(.invalidSpec, "ambiguous option: \(word) could match " + matches.map(\.0).joined(separator: ", "))
         }
         // A prefix of both keep spellings is the current one (no deprecation warning).
         return matches.contains { $0.1 == .keepMachineState } ? .keepMachineState : first.1
@@ -142,9 +137,9 @@ public struct NixpkgsDriverArguments: Equatable, Sendable {
 
     /// Parses `arguments` (argv without the program name) with `environment`
     /// supplying the older generation's defaults.
-    /// - Throws: `Failure` for what nixpkgs' argparse setup would refuse, and
+    /// - Throws: `.invalidSpec` for what nixpkgs' argparse setup would refuse, and
     ///   for mixing the two generations.
-    public static func parse(_ arguments: [String], environment: [String: String] = [:]) throws(Failure) -> NixpkgsDriverArguments {
+    public static func parse(_ arguments: [String], environment: [String: String] = [:]) throws(VouchError) -> NixpkgsDriverArguments {
         var result = NixpkgsDriverArguments()
         var given: [Option] = []
         var positionals: [String] = []
@@ -152,20 +147,20 @@ public struct NixpkgsDriverArguments: Equatable, Sendable {
         var onlyPositionals = false
 
         /// The value of an option taking one, from `attached` or the next word.
-        func value(for option: Option, spelled: String, attached: String?) throws(Failure) -> String {
+        func value(for option: Option, spelled: String, attached: String?) throws(VouchError) -> String {
             if let attached { return attached }
             guard i + 1 < arguments.count, !looksLikeOption(arguments[i + 1]) else {
-                throw Failure(message: "argument \(display(option)): expected one argument")
+                throw VouchError(.invalidSpec, "argument \(display(option)): expected one argument")
             }
             i += 1
             return arguments[i]
         }
 
-        func apply(_ option: Option, spelled: String, attached: String?) throws(Failure) {
+        func apply(_ option: Option, spelled: String, attached: String?) throws(VouchError) {
             given.append(option.meaning)
             switch option.arity {
             case .flag:
-                if let attached { throw Failure(message: "argument \(display(option)): ignored explicit argument '\(attached)'") }
+                if let attached { throw VouchError(.invalidSpec, "argument \(display(option)): ignored explicit argument '\(attached)'") }
             case .one:
                 let v = try value(for: option, spelled: spelled, attached: attached)
                 try result.set(option, v)
@@ -205,12 +200,12 @@ public struct NixpkgsDriverArguments: Equatable, Sendable {
                 var rest = Substring(word.dropFirst())
                 while let c = rest.first {
                     guard let option = shortOptions[c] else {
-                        throw Failure(message: "unrecognized arguments: \(rest.count == word.count - 1 ? word : "-" + String(rest))")
+                        throw VouchError(.invalidSpec, "unrecognized arguments: \(rest.count == word.count - 1 ? word : "-" + String(rest))")
                     }
                     rest = rest.dropFirst()
                     if option.arity == .flag {
                         try apply(option, spelled: "-\(c)", attached: nil)
-                        if rest.first == "=" { throw Failure(message: "argument \(display(option)): ignored explicit argument '\(rest.dropFirst())'") }
+                        if rest.first == "=" { throw VouchError(.invalidSpec, "argument \(display(option)): ignored explicit argument '\(rest.dropFirst())'") }
                         continue
                     }
                     let attached = rest.isEmpty ? nil : String(rest.first == "=" ? rest.dropFirst() : rest)
@@ -227,13 +222,13 @@ public struct NixpkgsDriverArguments: Equatable, Sendable {
         let older: [Option] = [.startScripts, .vlans]
         if result.config != nil {
             if let clash = older.first(where: { given.contains($0) }) {
-                throw Failure(message: "argument \(display(clash)): not allowed with -c/--config (the driver configuration lists the machines and VLANs)")
+                throw VouchError(.invalidSpec, "argument \(display(clash)): not allowed with -c/--config (the driver configuration lists the machines and VLANs)")
             }
             if let script = positionals.first {
-                throw Failure(message: "unrecognized arguments: \(script) (with -c/--config the test script is the configuration's test_script)")
+                throw VouchError(.invalidSpec, "unrecognized arguments: \(script) (with -c/--config the test script is the configuration's test_script)")
             }
         } else {
-            if positionals.count > 1 { throw Failure(message: "unrecognized arguments: " + positionals.dropFirst().joined(separator: " ")) }
+            if positionals.count > 1 { throw VouchError(.invalidSpec, "unrecognized arguments: " + positionals.dropFirst().joined(separator: " ")) }
             result.testScript = positionals.first
             // The older generation's defaults from the environment (words split on whitespace).
             if !given.contains(.startScripts), let words = environment["startScripts"] { try result.setList(.startScripts, splitWords(words)) }
@@ -241,12 +236,12 @@ public struct NixpkgsDriverArguments: Equatable, Sendable {
             if !given.contains(.globalTimeout), let text = environment["globalTimeout"] { try result.set(.globalTimeout, text) }
             if result.testScript == nil { result.testScript = environment["testScript"].flatMap { $0.isEmpty ? nil : $0 } }
             if result.testScript == nil {
-                throw Failure(message: "the following arguments are required: -c/--config (or, in the older form, the test script: an argument or $testScript)")
+                throw VouchError(.invalidSpec, "the following arguments are required: -c/--config (or, in the older form, the test script: an argument or $testScript)")
             }
         }
         if !given.contains(.logLevel), let level = environment["logLevel"], !level.isEmpty {
             guard logLevels.contains(level) else {
-                throw Failure(message: "$logLevel: invalid choice: '\(level)' (choose from " + logLevels.map { "'\($0)'" }.joined(separator: ", ") + ")")
+                throw VouchError(.invalidSpec, "$logLevel: invalid choice: '\(level)' (choose from " + logLevels.map { "'\($0)'" }.joined(separator: ", ") + ")")
             }
             result.logLevel = level
         }
@@ -255,7 +250,7 @@ public struct NixpkgsDriverArguments: Equatable, Sendable {
 
     static let deprecatedKeepVmState = "The flag '--keep-vm-state' is deprecated. Use '--keep-machine-state' instead."
 
-    private mutating func set(_ option: Option, _ value: String) throws(Failure) {
+    private mutating func set(_ option: Option, _ value: String) throws(VouchError) {
         switch option {
         case .config: config = value
         case .debugHookAttach: debugHookAttach = value
@@ -263,26 +258,26 @@ public struct NixpkgsDriverArguments: Equatable, Sendable {
         case .junitXML: junitXML = value
         case .logLevel:
             guard Self.logLevels.contains(value) else {
-                throw Failure(message: "argument --log-level: invalid choice: '\(value)' (choose from " + Self.logLevels.map { "'\($0)'" }.joined(separator: ", ") + ")")
+                throw VouchError(.invalidSpec, "argument --log-level: invalid choice: '\(value)' (choose from " + Self.logLevels.map { "'\($0)'" }.joined(separator: ", ") + ")")
             }
             logLevel = value
         case .globalTimeout:
             guard let seconds = Double(value), seconds > 0, seconds.isFinite else {
-                throw Failure(message: "argument --global-timeout: invalid value: '\(value)' (seconds, a positive number)")
+                throw VouchError(.invalidSpec, "argument --global-timeout: invalid value: '\(value)' (seconds, a positive number)")
             }
             globalTimeout = seconds
         default: preconditionFailure("\(option) takes no single value")
         }
     }
 
-    private mutating func setList(_ option: Option, _ words: [String]) throws(Failure) {
+    private mutating func setList(_ option: Option, _ words: [String]) throws(VouchError) {
         switch option {
         case .startScripts: startScripts = words
         case .vlans:
             vlans = []
             for word in words {
                 guard let n = Int(word), n >= 0 else {
-                    throw Failure(message: "argument --vlans: invalid VLAN number: '\(word)' (the list runs up to the next option; put the test script before --vlans or after another option)")
+                    throw VouchError(.invalidSpec, "argument --vlans: invalid VLAN number: '\(word)' (the list runs up to the next option; put the test script before --vlans or after another option)")
                 }
                 vlans.append(n)
             }
@@ -311,8 +306,8 @@ public struct NixpkgsDriverArguments: Equatable, Sendable {
     /// The driverConfiguration.json the older generation's arguments amount
     /// to: one VM per start script (named as nixpkgs names it, `run-NAME-vm`),
     /// the VLANs, the global timeout and the test script's path.
-    /// - Throws: `Failure` when two start scripts give one name.
-    public func driverConfiguration(workingDirectory: String) throws(Failure) -> [String: Any] {
+    /// - Throws: `.invalidSpec` when two start scripts give one name.
+    public func driverConfiguration(workingDirectory: String) throws(VouchError) -> [String: Any] {
         func absolute(_ path: String) -> String {
             path.hasPrefix("/") ? path : URL(fileURLWithPath: workingDirectory).appendingPathComponent(path).standardizedFileURL.path
         }
@@ -320,7 +315,7 @@ public struct NixpkgsDriverArguments: Equatable, Sendable {
         for script in startScripts {
             let name = Driver.nameFromStartScript(script)
             guard vms[name] == nil else {
-                throw Failure(message: "argument --start-scripts: two start scripts give the machine name '\(name)' (nixpkgs names a machine after its run-NAME-vm script)")
+                throw VouchError(.invalidSpec, "argument --start-scripts: two start scripts give the machine name '\(name)' (nixpkgs names a machine after its run-NAME-vm script)")
             }
             vms[name] = ["name": name, "start_script": script.contains("/") ? absolute(script) : script]
         }
