@@ -107,7 +107,7 @@ enum NixpkgsDriverCommand {
 
         var status: Int32 = 0
         do {
-            var run = try Run.parse(args)
+            let run = try Run.parse(args)
             try await run.run()
         } catch let exit as ExitCode {
             status = exit.rawValue
