@@ -3,7 +3,6 @@
 # nixpkgs tests.
 import json
 import os
-import re
 import tempfile
 from test_driver.errors import RequestedAssertionFailed
 
@@ -163,7 +162,7 @@ with subtest("unsupported methods say so"):
         web_server.wait_for_x(timeout=2)
     t.assertIn("/tmp/.X11-unix/X0 does not exist", str(cm.exception))
     with t.assertRaises(AttributeError):
-        web_server.no_such_method()
+        web_server.no_such_method()  # type: ignore[attr-defined]
 
 with subtest("snapshots (Vouch's, as in attest)"):
     client.succeed("echo before > /root/snap-mark")

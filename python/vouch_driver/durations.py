@@ -2,12 +2,14 @@
 (the older form, still accepted) a number of seconds, or ``None`` where the
 call allows no limit.  Everything crosses the bridge as seconds."""
 
+from __future__ import annotations
+
 import datetime as dt
 
 from .messages import message
 
 
-def seconds(value, allow_none=True):
+def seconds(value: float | dt.timedelta | None, allow_none: bool = True) -> float | None:
     """``value`` in seconds (a float), or None for None.
 
     Raises TypeError, worded as nixpkgs', for a bool or anything that is not
@@ -25,17 +27,17 @@ def seconds(value, allow_none=True):
     raise TypeError(message("durationType", type=type(value).__name__))
 
 
-def as_timedelta(value):
+def as_timedelta(value: float | dt.timedelta) -> dt.timedelta:
     """``value`` as a timedelta (nixpkgs' ``duration.as_timedelta``)."""
     return dt.timedelta(seconds=seconds(value, allow_none=False))
 
 
-def as_seconds(value):
+def as_seconds(value: float | dt.timedelta) -> float:
     """``value`` in seconds (nixpkgs' ``duration.as_seconds``)."""
     return seconds(value, allow_none=False)
 
 
-def python_float(value):
+def python_float(value: float | None) -> str:
     """A number of seconds as nixpkgs prints a timeout (``900.0``, ``None``)."""
     return "None" if value is None else repr(float(value))
 
