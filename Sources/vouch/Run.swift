@@ -10,7 +10,9 @@ struct Run: AsyncParsableCommand {
             The script is either Swift (test.swift: type-checked before any machine boots, \
             then run as its own process linked against the Vouch library) or a nixpkgs \
             Python test script (test.py, or the test_script of a --config file), run \
-            unchanged by python3 with the nixpkgs driver's globals. Without a script, all \
+            unchanged by python3 with the nixpkgs driver's globals, after the checks `vouch \
+            check` makes (pyflakes, mypy; --skip-lint, --skip-type-check; a missing tool is a \
+            warning here, not an error). Without a script, all \
             machines are booted and shut down again (a boot check). With -I, an \
             interactive Python session opens instead (see `vouch repl`). Exit status: \
             0 passed, 1 failed, 2 bad spec or script, 130 interrupted, 143 global \
@@ -27,6 +29,8 @@ struct Run: AsyncParsableCommand {
     var interactive = false
 
     @OptionGroup var common: CommonRunOptions
+
+    @OptionGroup var pythonChecks: PythonCheckOptions
 
     func run() async throws {
         var request = common.request()
@@ -51,6 +55,16 @@ struct Run: AsyncParsableCommand {
             request.scriptLanguage = language.map { $0 == .python ? "python" : "swift" }
             // Everything that can be checked before a machine boots, once.
             try testSpec.check(accelerator: request.accelerator.flatMap(Accelerator.Choice.init(rawValue:)), script: language)
+            // nixpkgs' lint and type check, before anything boots (a missing tool: a warning).
+            if let python, !interactive {
+                let (url, temporary) = try python.checkable()
+                defer { if temporary { try? FileManager.default.removeItem(at: url) } }
+                let shown = script ?? "test_script of \(source.config ?? "the config")"
+                for warning in try await PythonScript.checkScript(url, shownAs: shown, spec: testSpec,
+                                                                  checks: pythonChecks.checks(failOnMissingTools: false)) {
+                    writeStderr("warning: \(warning)\n")
+                }
+            }
         } catch {
             fail(error)
         }
@@ -96,6 +110,17 @@ enum PythonSource: Sendable {
     case file(URL)
     /// The script text itself (a driver configuration's `test_script`).
     case inline(String)
+
+    /// A file to check the script in: the script's own, or inline text in a temporary file (true).
+    func checkable() throws(VouchError) -> (URL, Bool) {
+        switch self {
+        case .file(let url): return (url, false)
+        case .inline(let text):
+            let url = FileManager.default.temporaryDirectory.appendingPathComponent("vouch-testScript-\(getpid()).py")
+            try vouching("cannot write the test script to \(url.path)") { try text.write(to: url, atomically: true, encoding: .utf8) }
+            return (url, true)
+        }
+    }
 
     /// A file holding the script (inline text is written into the run directory).
     func file(in driver: Driver) throws(VouchError) -> URL {

@@ -99,6 +99,64 @@ public struct PythonScript: Sendable {
         }
     }
 
+    /// Which of nixpkgs' checks `checkScript` makes (its `skipLint` and
+    /// `skipTypeCheck`), and what a missing tool means.
+    public struct Checks: Sendable {
+        /// pyflakes, with the driver's globals as builtins.
+        public var lint = true
+        /// mypy against stubs generated from the Python layer.
+        public var typeCheck = true
+        /// Without pyflakes or mypy: fail (`vouch check`), or warn and skip (`vouch run`).
+        public var failOnMissingTools = true
+        public init(lint: Bool = true, typeCheck: Bool = true, failOnMissingTools: Bool = true) {
+            self.lint = lint
+            self.typeCheck = typeCheck
+            self.failOnMissingTools = failOnMissingTools
+        }
+    }
+
+    /// Lints (pyflakes) and type-checks (mypy) `script` as nixpkgs does before
+    /// a test runs, against typed stubs of the globals it would see with
+    /// `spec`'s machines and VLANs (`vouch_driver.checks`).
+    /// - Returns: warnings (a tool missing, skipped).
+    /// - Throws: `.invalidSpec` with one `script:line: message` line per
+    ///   problem; `.spawnFailed` when a tool is missing and `checks` says fail.
+    public static func checkScript(_ script: URL, shownAs shown: String? = nil, spec: TestSpec,
+                                   checks: Checks = Checks()) async throws(VouchError) -> [String] {
+        if !checks.lint && !checks.typeCheck { return [] }
+        let package = try packageDirectory()
+        let python = ProcessInfo.processInfo.environment["VOUCH_PYTHON"] ?? "python3"
+        var environment = ProcessInfo.processInfo.environment
+        environment["PYTHONPATH"] = ([package.path] + [environment["PYTHONPATH"]].compactMap { $0 }).joined(separator: ":")
+        environment["PYTHONDONTWRITEBYTECODE"] = "1"
+        environment["PYTHONSAFEPATH"] = "1"
+        let vlans = (try? NetworkPlan(machines: spec.machines.map { ($0.name, $0.vlans) }).vlans) ?? []
+        let hello: JSONValue = [
+            "machines": .array(spec.machines.map { ["name": .string($0.name), "backend": .string($0.backend)] }),
+            "vlans": .array(vlans.map { ["nr": .number(Double($0))] }),
+            "globalTimeout": .number(spec.globalTimeout),
+        ]
+        var arguments = ["-m", "vouch_driver.checks", "--hello", String(decoding: (try? JSONEncoder().encode(hello)) ?? Data("{}".utf8), as: UTF8.self),
+                         "--missing-tools", checks.failOnMissingTools ? "fail" : "warn", "--name", shown ?? script.path]
+        if !checks.lint { arguments.append("--skip-lint") }
+        if !checks.typeCheck { arguments.append("--skip-type-check") }
+        arguments.append(script.path)
+        let (status, output) = try await ChildProcess.run(python, arguments, environment: environment, timeout: 300)
+        let lines = output.split(separator: "\n").map(String.init)
+        let warnings = lines.filter { $0.hasPrefix("warning: ") }.map { String($0.dropFirst("warning: ".count)) }
+        let problems = lines.filter { !$0.hasPrefix("warning: ") }
+        switch status {
+        case .exited(0): return warnings
+        case .exited(1):
+            throw VouchError(.invalidSpec, "test script \(shown ?? script.path) does not pass the checks "
+                             + "(pyflakes, mypy; --skip-lint, --skip-type-check to skip them):\n" + problems.joined(separator: "\n"))
+        case .exited(3):
+            throw VouchError(.spawnFailed, warnings.joined(separator: "; "))
+        default:
+            throw VouchError(.spawnFailed, "the script checks (python3 -m vouch_driver.checks) failed: \(status)", outputTail: tail(output, lines: 20))
+        }
+    }
+
     /// Where the `vouch_driver` package is: `$VOUCH_PYTHON_PATH`, then
     /// `python/` next to libVouch.so (installed), then the source checkout's.
     /// - Throws: `VouchError.spawnFailed` listing where it looked.
